@@ -1,0 +1,42 @@
+"""Wires real adapters from settings, once per process: a warm function instance reuses its pool."""
+
+from __future__ import annotations
+
+import threading
+
+from planbus import logs
+from planbus.db import Database, connect
+from planbus.http import register_secrets
+from planbus.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_current: tuple[Settings, Database] | None = None
+
+
+def settings() -> Settings:
+    """The settings, with logging configured and secrets registered for masking."""
+    current = get_settings()
+    logs.configure(current.log_level)
+    register_secrets(current)
+    return current
+
+
+def database() -> Database:
+    """The process's database adapter for the current settings (re-made when the settings change)."""
+    global _current
+    wanted = settings()
+    with _lock:
+        if _current is None or _current[0] is not wanted:
+            if _current is not None:
+                _current[1].close()
+            _current = (wanted, connect(wanted))
+        return _current[1]
+
+
+def reset() -> None:
+    """Close and forget the adapter (tests switch databases between tests)."""
+    global _current
+    with _lock:
+        if _current is not None:
+            _current[1].close()
+        _current = None

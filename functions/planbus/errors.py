@@ -1,0 +1,70 @@
+"""The exceptions planbus raises; foreign errors are translated at the adapter edges.
+
+    PlanbusError
+    ├── ConfigurationError        a setting is missing or inconsistent
+    ├── DatabaseError             the database refused a statement (carries the SQLSTATE)
+    │   ├── DatabaseUnavailable   the database could not be reached: the only 5xx a function answers
+    │   ├── UniqueViolation       23505, e.g. a second active request for one lead
+    │   └── LimitExceeded         PB429, a user's daily plan-request limit
+    ├── GenerationError           the LLM could not produce a valid plan
+    │   └── (retryable flag)      timeouts, 429 and 5xx may be retried; refusals and invalid output not
+    └── DeliveryError             Telegram did not accept a message
+"""
+
+from __future__ import annotations
+
+
+class PlanbusError(Exception):
+    """Base of every error planbus raises on purpose."""
+
+
+class ConfigurationError(PlanbusError):
+    """A setting is missing or inconsistent."""
+
+
+class DatabaseError(PlanbusError):
+    """The database refused a statement."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database could not be reached or dropped the connection."""
+
+
+class UniqueViolation(DatabaseError):
+    """A unique constraint refused the row (SQLSTATE 23505)."""
+
+
+class LimitExceeded(DatabaseError):
+    """A configured quota refused the row (SQLSTATE PB429)."""
+
+
+class GenerationError(PlanbusError):
+    """The plan generator failed; `retryable` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class DeliveryError(PlanbusError):
+    """Telegram refused or could not take a message."""
+
+    def __init__(self, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+SQLSTATE_ERRORS: dict[str, type[DatabaseError]] = {
+    "23505": UniqueViolation,
+    "PB429": LimitExceeded,
+}
+
+
+def database_error(message: str, sqlstate: str | None) -> DatabaseError:
+    """Build the planbus exception that matches a SQLSTATE."""
+    return SQLSTATE_ERRORS.get(sqlstate or "", DatabaseError)(message, sqlstate=sqlstate)

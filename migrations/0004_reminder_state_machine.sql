@@ -1,0 +1,131 @@
+-- The reminders state machine.
+--
+--   scheduled --claim_due--> sending --mark_sent--> sent
+--       ^                       |  \--fail--> failed           (permanent: blocked bot, deactivated user)
+--       +----retry (backoff)----+  --retry past max_attempts--> failed
+--   scheduled --cancel / a newer plan--> cancelled
+--
+-- A claim takes due reminders in a batch with FOR UPDATE SKIP LOCKED, so concurrent senders never share
+-- one, and holds them under a lease: a sender that dies leaves them to be claimed again once it expires.
+-- Outcomes are fenced on (status = 'sending', attempts = the claim's attempt).
+
+CREATE OR REPLACE FUNCTION public.planbus_claim_due_reminders(p_limit int, p_lease_seconds int) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+  WITH due AS (
+    SELECT id FROM public.reminders
+     WHERE (status = 'scheduled' AND due_at <= now())
+        OR (status = 'sending' AND lease_expires_at <= now())
+     ORDER BY due_at
+     LIMIT p_limit
+     FOR UPDATE SKIP LOCKED
+  ), claimed AS (
+    UPDATE public.reminders r
+       SET status = 'sending',
+           attempts = r.attempts + 1,
+           lease_expires_at = now() + make_interval(secs => p_lease_seconds)
+      FROM due
+     WHERE r.id = due.id
+    RETURNING r.*
+  )
+  SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'id', c.id,
+           'attempt', c.attempts,
+           'chat_id', c.telegram_id,
+           'lead_id', c.lead_id,
+           'lead_name', l.full_name,
+           'company', l.company,
+           'plan_request_id', c.plan_request_id,
+           'step_index', c.step_index,
+           'due_at', c.due_at,
+           'text', c.text
+         ) ORDER BY c.due_at, c.step_index), '[]'::jsonb)
+    FROM claimed c JOIN public.leads l ON l.id = c.lead_id
+$$;
+
+-- Delivered. p_via is 'telegram', or 'outbox' when no bot token is configured: the message is then kept
+-- in planbus_private.telegram_outbox and announced on the 'planbus_outbox' channel for the local sink.
+CREATE OR REPLACE FUNCTION public.planbus_mark_reminder_sent(
+  p_reminder_id uuid, p_attempt int, p_via text, p_message text
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+  r public.reminders;
+  outbox_id bigint;
+BEGIN
+  UPDATE public.reminders
+     SET status = 'sent', sent_at = now(), delivered_via = p_via, lease_expires_at = NULL, error = NULL
+   WHERE id = p_reminder_id AND status = 'sending' AND attempts = p_attempt
+  RETURNING * INTO r;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('recorded', false, 'reason', 'the claim is no longer held');
+  END IF;
+  IF p_via = 'outbox' THEN
+    INSERT INTO planbus_private.telegram_outbox (reminder_id, chat_id, text)
+    VALUES (r.id, r.telegram_id, p_message)
+    RETURNING id INTO outbox_id;
+    PERFORM pg_notify('planbus_outbox', jsonb_build_object(
+      'id', outbox_id, 'reminder_id', r.id, 'chat_id', r.telegram_id, 'text', left(p_message, 4000))::text);
+  END IF;
+  RETURN jsonb_build_object('recorded', true, 'status', r.status);
+END
+$$;
+
+-- Try again later: after p_delay_seconds (Telegram's retry_after, or a backoff). A delay caused by the bot's
+-- own rate limit does not use up an attempt (p_counts_as_attempt false). Past p_max_attempts: failed.
+CREATE OR REPLACE FUNCTION public.planbus_retry_reminder(
+  p_reminder_id uuid, p_attempt int, p_delay_seconds double precision, p_error text,
+  p_max_attempts int, p_counts_as_attempt boolean
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+  r public.reminders;
+  used int;
+BEGIN
+  SELECT * INTO r FROM public.reminders
+   WHERE id = p_reminder_id AND status = 'sending' AND attempts = p_attempt
+   FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('recorded', false, 'reason', 'the claim is no longer held');
+  END IF;
+  used := CASE WHEN p_counts_as_attempt THEN r.attempts ELSE r.attempts - 1 END;
+  UPDATE public.reminders
+     SET status = CASE WHEN used >= p_max_attempts THEN 'failed' ELSE 'scheduled' END,
+         attempts = used,
+         due_at = CASE WHEN used >= p_max_attempts THEN due_at
+                       ELSE now() + make_interval(secs => greatest(p_delay_seconds, 0)) END,
+         error = CASE WHEN used >= p_max_attempts
+                      THEN format('gave up after %s attempts: %s', used, p_error) ELSE p_error END,
+         lease_expires_at = NULL
+   WHERE id = r.id
+  RETURNING * INTO r;
+  RETURN jsonb_build_object('recorded', true, 'status', r.status, 'due_at', r.due_at, 'error', r.error);
+END
+$$;
+
+-- Failed for good (the user blocked the bot, the account is deactivated, the chat does not exist).
+CREATE OR REPLACE FUNCTION public.planbus_fail_reminder(p_reminder_id uuid, p_attempt int, p_error text)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+  UPDATE public.reminders
+     SET status = 'failed', error = p_error, lease_expires_at = NULL
+   WHERE id = p_reminder_id AND status = 'sending' AND attempts = p_attempt;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('recorded', false, 'reason', 'the claim is no longer held');
+  END IF;
+  RETURN jsonb_build_object('recorded', true, 'status', 'failed');
+END
+$$;
+
+-- Cancel every still-scheduled reminder of a lead.
+CREATE OR REPLACE FUNCTION public.planbus_cancel_lead_reminders(p_lead_id uuid, p_reason text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+  n int;
+BEGIN
+  UPDATE public.reminders SET status = 'cancelled', error = p_reason
+   WHERE lead_id = p_lead_id AND status = 'scheduled';
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN jsonb_build_object('cancelled', n);
+END
+$$;

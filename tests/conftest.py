@@ -1,0 +1,143 @@
+"""Shared fixtures: one PostgreSQL server per run (embedded, or the one DATABASE_URL names), one template
+database with every migration applied, and a fresh copy of it for each test that touches the database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from planbus.db.postgres import PostgresDatabase
+from planbus.embedded import EmbeddedPostgres
+from planbus.migrate import migrate
+from planbus import bootstrap
+from planbus.settings import Settings, get_settings
+
+# Read once, before the autouse fixture below clears the environment for every test.
+SERVER_URL_FROM_ENV = os.environ.get("DATABASE_URL")
+SETTINGS_VARIABLES = [name.upper() for name in Settings.model_fields]
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts with no planbus setting in the environment and no cached settings."""
+    for name in SETTINGS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    bootstrap.reset()
+    yield
+    bootstrap.reset()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """The PostgreSQL server of this run: DATABASE_URL when set, else an embedded one."""
+    if SERVER_URL_FROM_ENV:
+        yield SERVER_URL_FROM_ENV
+        return
+    server = EmbeddedPostgres()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def _admin(server: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(server, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_database(server_url: str) -> Iterator[str]:
+    """A database with every migration applied, copied for each test."""
+    name = f"planbus_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with _admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrate(with_database(server_url, name))
+    yield name
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_database(server_url: str) -> Iterator[Callable[..., str]]:
+    """Factory: a new empty database (or a copy of `template`), dropped after the test."""
+    created: list[str] = []
+
+    def make(template: str | None = None) -> str:
+        name = f"planbus_test_{uuid.uuid4().hex[:12]}"
+        with _admin(server_url) as conn:
+            suffix = f' TEMPLATE "{template}"' if template else ""
+            conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+        created.append(name)
+        return with_database(server_url, name)
+
+    yield make
+    with _admin(server_url) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(fresh_database: Callable[..., str], template_database: str) -> str:
+    """A migrated database of this test's own."""
+    return fresh_database(template_database)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[PostgresDatabase]:
+    """The planbus database port over this test's database."""
+    database = PostgresDatabase(database_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def sql(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """An owner connection (autocommit, dict rows) for arranging and asserting."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def make_lead(sql: psycopg.Connection[dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Insert a lead owned by `telegram_id`; returns the row."""
+
+    def make(telegram_id: int = 1001, full_name: str = "Ada Lovelace", **fields: Any) -> dict[str, Any]:
+        columns = {"telegram_id": telegram_id, "full_name": full_name, **fields}
+        names = ", ".join(columns)
+        values = ", ".join(f"%({k})s" for k in columns)
+        row = sql.execute(f"INSERT INTO leads ({names}) VALUES ({values}) RETURNING *", columns).fetchone()
+        assert row is not None
+        return row
+
+    return make
+
+
+@pytest.fixture
+def make_request(sql: psycopg.Connection[dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Insert a pending plan request for a lead (as the owner would); returns the row."""
+
+    def make(lead: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        columns = {"lead_id": lead["id"], "telegram_id": lead["telegram_id"], **fields}
+        names = ", ".join(columns)
+        values = ", ".join(f"%({k})s" for k in columns)
+        row = sql.execute(
+            f"INSERT INTO plan_requests ({names}) VALUES ({values}) RETURNING *", columns
+        ).fetchone()
+        assert row is not None
+        return row
+
+    return make

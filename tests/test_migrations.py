@@ -1,0 +1,85 @@
+"""planbus migrate: ordered, recorded, idempotent, refuses changed files, safe under concurrency."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from planbus.errors import ConfigurationError
+from planbus.migrate import default_migrations_dir, load_migrations, migrate
+
+
+def test_migrations_apply_to_an_empty_database_in_order(fresh_database: Callable[..., str]) -> None:
+    url = fresh_database()
+    applied = migrate(url)
+    names = [m.name for m in load_migrations(default_migrations_dir())]
+    assert applied == names
+    with psycopg.connect(url) as conn:
+        recorded = [r[0] for r in conn.execute("SELECT name FROM planbus_private.schema_migrations ORDER BY name")]
+    assert recorded == names
+
+
+def test_a_second_run_is_a_no_op(fresh_database: Callable[..., str]) -> None:
+    url = fresh_database()
+    migrate(url)
+    assert migrate(url) == []
+
+
+def test_a_changed_applied_file_is_refused(fresh_database: Callable[..., str], tmp_path: Path) -> None:
+    url = fresh_database()
+    folder = tmp_path / "migrations"
+    shutil.copytree(default_migrations_dir(), folder)
+    migrate(url, folder)
+    first = sorted(folder.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    (folder / "9999_later.sql").write_text("CREATE TABLE later (id int);")
+    with pytest.raises(ConfigurationError, match="changed after it was applied"):
+        migrate(url, folder)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT to_regclass('public.later')").fetchone() == (None,)
+
+
+def test_a_failing_migration_leaves_nothing_behind(fresh_database: Callable[..., str], tmp_path: Path) -> None:
+    url = fresh_database()
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_ok.sql").write_text("CREATE TABLE ok (id int);")
+    (folder / "0002_broken.sql").write_text("CREATE TABLE half (id int); SELECT 1/0;")
+    with pytest.raises(Exception, match="0002_broken.sql"):
+        migrate(url, folder)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT to_regclass('public.half')").fetchone() == (None,)
+        names = [r[0] for r in conn.execute("SELECT name FROM planbus_private.schema_migrations")]
+    assert names == ["0001_ok.sql"]
+
+
+def test_two_concurrent_runs_do_not_collide(fresh_database: Callable[..., str]) -> None:
+    url = fresh_database()
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate(url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    names = [m.name for m in load_migrations(default_migrations_dir())]
+    assert sorted(results, key=len) == [[], names]
+
+
+def test_a_badly_named_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "1_bad.sql").write_text("SELECT 1;")
+    with pytest.raises(ConfigurationError, match="NNNN_name.sql"):
+        load_migrations(tmp_path)
