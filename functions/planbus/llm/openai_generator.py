@@ -1,0 +1,212 @@
+"""The OpenAI generator: structured output parsed into the `Plan` model, under one time budget.
+
+OPENAI_TIMEOUT bounds the whole call, retries included, so a claim (LEASE_SECONDS, always longer) outlives
+it. Transient failures (timeout, connection, 429, 5xx) are retried here with backoff while the budget
+lasts, and reported as retryable so the request is tried again later; anything another try cannot fix (a
+refusal, a cut-off or filtered answer, output that fails validation, another 4xx) is permanent.
+The openai package is imported on first use: it costs about a second, which a cold start should not pay
+when the offline generator or another target is in use.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from planbus.errors import GenerationError
+from planbus.llm import Generation
+from planbus.models import GeneratorName, LeadFacts, Plan, TokenUsage, describe_errors
+from planbus.planning import build_messages
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+    from openai.types.chat import ParsedChatCompletion
+
+MAX_TRIES = 3
+MAX_ERROR_LENGTH = 500
+# Keywords strict structured outputs do not accept; the limits stay in the descriptions and are checked
+# when the answer is validated against `Plan`.
+UNSUPPORTED_SCHEMA_KEYWORDS = frozenset({"minLength", "maxLength"})
+
+
+class EngagementPlan(Plan):
+    """`Plan` as sent to the API: the same fields and checks, its JSON Schema within the strict subset."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = _without_keywords(super().model_json_schema(*args, **kwargs))
+        return schema
+
+
+class OpenAIGenerator:
+    """Plans from an OpenAI-compatible chat completions API (OPENAI_BASE_URL selects another server)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        model: str,
+        base_url: str | None,
+        timeout: float,
+        max_tries: int = MAX_TRIES,
+        backoff: float = 0.5,
+        http_client: Any | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self._api_key = api_key
+        self._base_url = base_url
+        self._max_tries = max_tries
+        self._backoff = backoff
+        self._http_client = http_client
+        self._sleep = sleep
+        self._client: OpenAI | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> GeneratorName:
+        return "openai"
+
+    def generate(self, lead: LeadFacts, *, today: date) -> Generation:
+        """Ask the model for a plan; raise `GenerationError` when none can be had within the budget."""
+        messages: Any = build_messages(lead, today=today)
+        client = self._openai()
+        deadline = time.monotonic() + self.timeout
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                completion = client.chat.completions.parse(
+                    model=self.model,
+                    messages=messages,
+                    response_format=EngagementPlan,
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                )
+                return _read(completion)
+            except GenerationError:
+                raise
+            except Exception as exc:
+                error, retry_after = classify(exc, self.timeout)
+                delay = self._delay(tries, retry_after)
+                if not error.retryable or tries >= self._max_tries or time.monotonic() + delay >= deadline:
+                    if error.retryable and tries > 1:
+                        error = GenerationError(f"{error} (after {tries} tries)", retryable=True)
+                    raise error from exc
+                self._sleep(delay)
+
+    def _delay(self, tries: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        return self._backoff * 2.0 ** (tries - 1) * random.uniform(0.8, 1.2)
+
+    def _openai(self) -> OpenAI:
+        with self._lock:
+            if self._client is None:
+                from openai import OpenAI
+
+                # Retries are ours (one budget for all tries); the client must not add its own.
+                self._client = OpenAI(
+                    api_key=self._api_key,
+                    base_url=self._base_url,
+                    timeout=self.timeout,
+                    max_retries=0,
+                    http_client=self._http_client,
+                )
+            return self._client
+
+
+def _read(completion: ParsedChatCompletion[EngagementPlan]) -> Generation:
+    if not completion.choices:
+        raise GenerationError("OpenAI answered with no choices", retryable=False)
+    message = completion.choices[0].message
+    if message.refusal:
+        raise GenerationError(_clip(f"the model refused to write a plan: {message.refusal}"), retryable=False)
+    if message.parsed is None:
+        raise GenerationError("the model answered without a plan", retryable=False)
+    usage = completion.usage
+    return Generation(
+        plan=Plan.model_validate(message.parsed.model_dump()),
+        model=completion.model or "unknown",
+        usage=TokenUsage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        )
+        if usage is not None
+        else None,
+        response_id=completion.id or None,
+    )
+
+
+def classify(exc: Exception, timeout: float) -> tuple[GenerationError, float | None]:
+    """Translate an exception from the openai client into a `GenerationError`, with any Retry-After."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return GenerationError(f"OpenAI did not answer within {timeout:g} s", retryable=True), None
+    if isinstance(exc, openai.APIConnectionError):
+        return GenerationError(_clip(f"could not reach OpenAI: {_cause(exc)}"), retryable=True), None
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = _clip(f"OpenAI answered {status}: {_api_message(exc)}")
+        if status == 429 and exc.code == "insufficient_quota":
+            return GenerationError(detail, retryable=False), None
+        if status in (408, 409, 429) or status >= 500:
+            return GenerationError(detail, retryable=True), _retry_after(exc)
+        return GenerationError(detail, retryable=False), None
+    if isinstance(exc, openai.LengthFinishReasonError):
+        return GenerationError(
+            "the answer was cut off at the token limit before the plan was complete", retryable=False
+        ), None
+    if isinstance(exc, openai.ContentFilterFinishReasonError):
+        return GenerationError("OpenAI's content filter stopped the answer", retryable=False), None
+    if isinstance(exc, pydantic.ValidationError):
+        return GenerationError(
+            _clip(f"the model's answer is not a valid plan: {describe_errors(exc)}"), retryable=False
+        ), None
+    if isinstance(exc, openai.OpenAIError):
+        return GenerationError(_clip(f"OpenAI client error: {exc}"), retryable=False), None
+    raise exc
+
+
+def _api_message(exc: Any) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return str(exc.message)
+
+
+def _retry_after(exc: Any) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    # Honoured only when it fits the remaining budget; otherwise the request is retried later instead.
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return f"{exc} ({cause})" if cause is not None and str(cause) else str(exc)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 1] + "…"
+
+
+def _without_keywords(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_keywords(v) for k, v in node.items() if k not in UNSUPPORTED_SCHEMA_KEYWORDS}
+    if isinstance(node, list):
+        return [_without_keywords(v) for v in node]
+    return node

@@ -1,0 +1,1 @@
+"""Use cases: each takes its dependencies (database port, generator, clock, settings) as arguments."""
