@@ -6,8 +6,68 @@ Each validates its input, calls one use case, and maps the outcome to the contra
 
 from __future__ import annotations
 
-import functions_framework
-import flask
+from typing import Any
 
-from planbus import bootstrap
+import flask
+import functions_framework
+from pydantic import ValidationError
+
+from planbus import bootstrap, http, logs
+from planbus.clock import SystemClock
+from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
 from planbus.http import Response
+from planbus.initdata import InvalidInitData
+from planbus.services.auth import TelegramAuthRequest, sign_in_with_telegram
+
+# The Mini App calls telegram_auth from the browser: any origin may, since the credential is the signed
+# initData in the body and no cookie is involved.
+TELEGRAM_AUTH_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Max-Age": "3600",
+}
+TELEGRAM_AUTH_MAX_BODY = 64 * 1024
+
+
+@functions_framework.http
+def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, dict[str, str]]:
+    """Mini App sign-in: POST {"init_data": ...} -> 200 {access_token, expires_at, telegram_id}, else 401.
+
+    No webhook secret: the caller proves who it is with initData signed by Telegram for this bot.
+    """
+    if request.method == "OPTIONS":
+        return "", 204, TELEGRAM_AUTH_CORS
+    with logs.bind(**http.log_fields(request)):
+        body, status = _telegram_auth(request)
+    return body, status, TELEGRAM_AUTH_CORS
+
+
+def _telegram_auth(request: flask.Request) -> Response:
+    log = logs.get_logger("telegram_auth")
+    if request.method != "POST":
+        return http.error(405, "telegram_auth takes POST")
+    if (request.content_length or 0) > TELEGRAM_AUTH_MAX_BODY:
+        return http.error(400, f"body is larger than {TELEGRAM_AUTH_MAX_BODY} bytes")
+    try:
+        settings = bootstrap.settings()
+        body = TelegramAuthRequest.model_validate_json(request.get_data(cache=False))
+        token = sign_in_with_telegram(bootstrap.database(), SystemClock(), body.init_data, settings=settings)
+    except ValidationError:
+        return http.error(400, 'body must be {"init_data": "<Telegram WebApp initData>"}')
+    except ConfigurationError as exc:
+        log.error("telegram_auth is not configured: %s", exc)
+        return http.error(503, str(exc))
+    except InvalidInitData as exc:
+        log.warning("sign-in refused: %s", exc)
+        return http.error(401, f"invalid initData: {exc}")
+    except DatabaseUnavailable as exc:
+        log.error("database unavailable: %s", exc)
+        return http.error(503, "database unavailable")
+    except DatabaseError as exc:
+        log.error("database refused the sign-in (SQLSTATE %s): %s", exc.sqlstate, exc)
+        return http.error(500, "database error")
+    with logs.bind(telegram_id=token.telegram_id):
+        log.info("signed in", extra={"fields": {"user_id": token.user_id, "new_user": token.created}})
+    return token.as_json(), 200
+

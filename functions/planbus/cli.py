@@ -12,6 +12,10 @@ from planbus.errors import PlanbusError
 
 COMMANDS = {
     "migrate": "apply pending migrations to DATABASE_URL",
+    "dev": "run the functions, webhook relay, scheduler and Telegram sink locally until Ctrl-C",
+    "demo": "run the whole flow once on a local stack and exit",
+    "status": "queue depth, oldest pending age, stale rows, recent failures",
+    "limits": "show or change the daily plan-request limit per user",
 }
 
 

@@ -1,0 +1,117 @@
+"""Mini App sign-in: Telegram initData in, a short-lived database token out (contract section 5).
+
+    verify initData (bot token)  ->  planbus_upsert_telegram_user  ->  HS256 JWT (SUPABASE_JWT_SECRET)
+
+The token is what PostgREST (Supabase, InsForge) accepts from the Mini App: role `authenticated`, `sub` the
+user's stable uuid from `telegram_users`, and the `telegram_id` claim. Where a gateway re-mints tokens with
+only `sub` and `role`, the database finds the Telegram id through the `telegram_users` row written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from pydantic import BaseModel, ConfigDict
+
+from planbus.clock import Clock
+from planbus.db import Database
+from planbus.errors import ConfigurationError
+from planbus.initdata import verify_init_data
+from planbus.settings import Settings
+
+JWT_ALGORITHM = "HS256"
+JWT_AUDIENCE = "authenticated"
+JWT_ROLE = "authenticated"
+JWT_ISSUER = "planbus"
+# RFC 7518 section 3.2: an HS256 key must be at least as long as the hash; Supabase's secrets are longer.
+MIN_JWT_SECRET_BYTES = 32
+
+
+class TelegramAuthRequest(BaseModel):
+    """The body `telegram_auth` accepts: exactly `{"init_data": "<initData>"}`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    init_data: str
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A signed token for one Telegram user."""
+
+    access_token: str
+    expires_at: datetime
+    telegram_id: int
+    user_id: str
+    created: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """The contract's answer; `expires_at` is Unix seconds, as in a Supabase session and `exp`."""
+        return {
+            "access_token": self.access_token,
+            "expires_at": int(self.expires_at.timestamp()),
+            "telegram_id": self.telegram_id,
+        }
+
+
+def sign_in_with_telegram(db: Database, clock: Clock, init_data: str, *, settings: Settings) -> AccessToken:
+    """Verify `init_data`, record the Telegram user (keeping its uuid), and mint its access token.
+
+    Raises ConfigurationError when the bot token or JWT secret is missing, InvalidInitData for forged, stale
+    or malformed initData (before anything is written), DatabaseError from the database.
+    """
+    bot_token = _required(settings.telegram_bot_token, "TELEGRAM_BOT_TOKEN", "initData cannot be checked")
+    jwt_secret = signing_key(settings)
+    now = clock.now()
+    verified = verify_init_data(
+        init_data, bot_token, now=now, max_age=timedelta(seconds=settings.telegram_auth_max_age)
+    )
+    user = verified.user
+    row = db.call(
+        "planbus_upsert_telegram_user",
+        p_telegram_id=user.id,
+        p_username=user.username,
+        p_first_name=user.first_name,
+        p_last_name=user.last_name,
+    )
+    expires_at = now + timedelta(seconds=settings.access_token_ttl)
+    token = mint_access_token(
+        user_id=str(row["user_id"]), telegram_id=user.id, issued_at=now, expires_at=expires_at, key=jwt_secret
+    )
+    return AccessToken(token, expires_at, user.id, str(row["user_id"]), bool(row["created"]))
+
+
+def mint_access_token(
+    *, user_id: str, telegram_id: int, issued_at: datetime, expires_at: datetime, key: bytes
+) -> str:
+    """An HS256 JWT with the claims PostgREST turns into role `authenticated` and `request.jwt.claims`."""
+    claims = {
+        "aud": JWT_AUDIENCE,
+        "role": JWT_ROLE,
+        "iss": JWT_ISSUER,
+        "sub": user_id,
+        "telegram_id": telegram_id,
+        "iat": int(issued_at.timestamp()),
+        "exp": int(expires_at.timestamp()),
+    }
+    return jwt.encode(claims, key, algorithm=JWT_ALGORITHM)
+
+
+def signing_key(settings: Settings) -> bytes:
+    """SUPABASE_JWT_SECRET as the HS256 key (PostgREST uses the secret's text as-is, not base64-decoded)."""
+    key = _required(settings.supabase_jwt_secret, "SUPABASE_JWT_SECRET", "tokens cannot be signed").encode()
+    if len(key) < MIN_JWT_SECRET_BYTES:
+        raise ConfigurationError(
+            f"SUPABASE_JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes: use the project's JWT secret"
+        )
+    return key
+
+
+def _required(value: Any, name: str, consequence: str) -> str:
+    secret: str = value.get_secret_value() if value is not None else ""
+    if not secret:
+        raise ConfigurationError(f"{name} is not set: {consequence}")
+    return secret
