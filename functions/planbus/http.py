@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import flask
 
@@ -62,3 +63,21 @@ def register_secrets(settings: Settings) -> None:
         settings.supabase_jwt_secret,
     ):
         logs.register_secret(secret.get_secret_value() if secret else None)
+    logs.register_secret(database_password(settings.database_url))
+
+
+def database_password(url: str | None) -> str | None:
+    """The password in a DATABASE_URL (URL or `key=value` form), which a connection error may echo."""
+    if not url:
+        return None
+    if "://" in url:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            return None
+        return unquote(password) if password else None
+    for part in url.split():
+        key, _, value = part.partition("=")
+        if key == "password" and value:
+            return value.strip("'")
+    return None

@@ -2,7 +2,13 @@
 
 Each line carries `severity`, `message`, the trace of the current HTTP request
 (`logging.googleapis.com/trace`) and planbus's own ids (request_id, reminder_id, ...) bound with `bind()`.
-Secrets never reach a log line: values of settings that hold secrets are masked before writing.
+
+Secrets never reach a log line. Every value registered with `register_secret` (the settings that hold
+secrets, see http.register_secrets) is masked, as written and in its URL-encoded and JSON-escaped forms:
+- in planbus's JSON lines, field by field and then the whole line;
+- in every other library's records too (httpx logs request URLs, and the bot token is part of them), since
+  `configure()` installs a log record factory that masks a record's message and traceback when it is made,
+  whichever handler later writes it.
 """
 
 from __future__ import annotations
@@ -12,27 +18,56 @@ import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("planbus_log_context", default={})
-_secrets: set[str] = set()
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "planbus_log_context", default=MappingProxyType({})
+)
+# Replaced, never mutated, so a line being redacted in one thread never sees the set change under it.
+_secrets: tuple[str, ...] = ()
+_secrets_lock = threading.Lock()
 
 LOGGER_NAME = "planbus"
+MASK = "***"
+# Shorter values would mask ordinary words; a secret that short is a configuration problem of its own.
+MIN_SECRET_LENGTH = 4
 
 
 def register_secret(value: str | None) -> None:
-    """Mask this value wherever it would appear in a log line."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
+    """Mask this value, and its URL-encoded and JSON-escaped forms, wherever it would appear in a log line."""
+    global _secrets
+    if not value or len(value) < MIN_SECRET_LENGTH:
+        return
+    forms = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+    with _secrets_lock:
+        known = set(_secrets)
+        if forms <= known:
+            return
+        # Longest first: a secret containing another is masked whole, not left half visible.
+        _secrets = tuple(sorted(known | forms, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
+    """`text` with every registered secret masked."""
     for secret in _secrets:
         if secret in text:
-            text = text.replace(secret, "***")
+            text = text.replace(secret, MASK)
     return text
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
 
 
 @contextlib.contextmanager
@@ -58,20 +93,62 @@ class JsonFormatter(logging.Formatter):
         if isinstance(extra, dict):
             entry.update(extra)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
+        line = json.dumps(_scrub(entry), default=lambda obj: redact(str(obj)))
+        return redact(line)
+
+
+class _StdoutHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever sys.stdout is at the time, so a redirected or captured stdout gets the lines."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        """Ignored: the stream is always the current sys.stdout."""
+
+
+_default_factory: Callable[..., logging.LogRecord] | None = None
+
+
+def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    assert _default_factory is not None
+    record = _default_factory(*args, **kwargs)
+    if not _secrets:
+        return record
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed %-format in someone's log call: leave it for logging to report
+        return record
+    masked = redact(message)
+    if masked != message:
+        record.msg, record.args = masked, None
+    if record.exc_info and record.exc_info[0] is not None:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+    return record
 
 
 def configure(level: str = "INFO") -> None:
-    """Send planbus's logs to stdout as JSON lines (idempotent)."""
+    """Write planbus's logs to stdout as JSON lines; mask secrets in every logger's records (idempotent)."""
+    global _default_factory
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level.upper())
     if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
     logger.propagate = False
+    with _secrets_lock:
+        if _default_factory is None:
+            _default_factory = logging.getLogRecordFactory()
+            logging.setLogRecordFactory(_redacting_factory)
 
 
 def get_logger(name: str) -> logging.Logger:
+    """A child of the planbus logger (`planbus.<name>`), written as JSON lines by `configure()`."""
     return logging.getLogger(f"{LOGGER_NAME}.{name}")
