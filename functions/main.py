@@ -6,18 +6,22 @@ Each validates its input, calls one use case, and maps the outcome to the contra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flask
 import functions_framework
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from planbus import bootstrap, http, logs
+from planbus import bootstrap, http, llm, logs, telegram
 from planbus.clock import SystemClock
 from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
 from planbus.http import Response
 from planbus.initdata import InvalidInitData
+from planbus.models import describe_errors
+from planbus.services import recovery, reminders
 from planbus.services.auth import TelegramAuthRequest, sign_in_with_telegram
+from planbus.settings import Settings
 
 # The Mini App calls telegram_auth from the browser: any origin may, since the credential is the signed
 # initData in the body and no cookie is involved.
@@ -71,3 +75,86 @@ def _telegram_auth(request: flask.Request) -> Response:
         log.info("signed in", extra={"fields": {"user_id": token.user_id, "new_user": token.created}})
     return token.as_json(), 200
 
+
+SCHEDULED_MAX_BODY = 4 * 1024
+
+
+class ScheduledCall(BaseModel):
+    """The optional body of a scheduled call: at most how many rows this call may take on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(default=None, ge=1, le=10_000)
+
+
+@functions_framework.http
+def send_due_reminders(request: flask.Request) -> Response:
+    """Scheduled: deliver due reminders over Telegram (or to the local outbox without a bot token).
+
+    200 {sent, failed, retried, deferred, rate_limited}; 401 without the secret; 400 for a body that is
+    not empty or {"limit": n}; 503 when the database is unreachable or the function is not configured.
+    """
+
+    def run(settings: Settings, call: ScheduledCall) -> dict[str, Any]:
+        sender = telegram.make_sender(settings)
+        try:
+            counts = reminders.send_due_reminders(
+                bootstrap.database(), sender, SystemClock(), settings=settings, limit=call.limit
+            )
+        finally:
+            sender.close()
+        return counts.as_json()
+
+    with logs.bind(**http.log_fields(request)):
+        return _scheduled("send_due_reminders", request, run)
+
+
+@functions_framework.http
+def reset_stale_requests(request: flask.Request) -> Response:
+    """Scheduled: reset expired leases, prune past retention, process requests whose webhook was lost.
+
+    200 {reset, failed, redispatched, outcomes, pruned}; otherwise as send_due_reminders.
+    """
+
+    def run(settings: Settings, call: ScheduledCall) -> dict[str, Any]:
+        generator = llm.generator_for(settings)
+        counts = recovery.reset_stale_requests(
+            bootstrap.database(), generator, SystemClock(), settings=settings, limit=call.limit
+        )
+        return counts.as_json()
+
+    with logs.bind(**http.log_fields(request)):
+        return _scheduled("reset_stale_requests", request, run)
+
+
+def _scheduled(
+    name: str, request: flask.Request, run: Callable[[Settings, ScheduledCall], dict[str, Any]]
+) -> Response:
+    """What both scheduled functions share: the secret, POST, the optional body, and the error mapping."""
+    log = logs.get_logger(name)
+    try:
+        settings = bootstrap.settings()
+        if not http.is_authorized(request, settings):
+            return http.error(401, "missing or wrong secret")
+        if request.method != "POST":
+            return http.error(405, f"{name} takes POST")
+        if (request.content_length or 0) > SCHEDULED_MAX_BODY:
+            return http.error(400, f"body is larger than {SCHEDULED_MAX_BODY} bytes")
+        raw = request.get_data(cache=False)
+        call = ScheduledCall.model_validate_json(raw) if raw.strip() else ScheduledCall()
+    except ValidationError as exc:
+        return http.error(400, f'body must be empty or {{"limit": n}} (1 to 10000): {describe_errors(exc)}')
+    except ConfigurationError as exc:
+        log.error("%s is not configured: %s", name, exc)
+        return http.error(503, str(exc))
+    try:
+        return run(settings, call), 200
+    except ConfigurationError as exc:
+        log.error("%s is not configured: %s", name, exc)
+        return http.error(503, str(exc))
+    except DatabaseUnavailable as exc:
+        log.error("database unavailable: %s", exc)
+        return http.error(503, "database unavailable")
+    except DatabaseError as exc:
+        log.error("database refused %s (SQLSTATE %s): %s", name, exc.sqlstate, exc)
+        return http.error(500, "database error")
