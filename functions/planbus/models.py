@@ -9,6 +9,7 @@ enough to read on a phone and to send as one Telegram message.
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -27,6 +28,7 @@ Channel = Literal["telegram", "email", "linkedin", "call", "meeting", "whatsapp"
 GeneratorName = Literal["openai", "offline"]
 
 PLAN_REQUESTS_TABLE = ("public", "plan_requests")
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _text(max_length: int, description: str) -> Any:
@@ -164,11 +166,9 @@ class WebhookPayload(BaseModel):
 
 
 def _is_uuid(text: str) -> bool:
-    try:
-        UUID(text)
-    except ValueError:
-        return False
-    return True
+    # Only the form PostgreSQL writes (8-4-4-4-12 hex): Python's UUID() also takes "urn:uuid:...", "{...}"
+    # and stray hyphens, which PostgreSQL refuses, and a refused cast would be a 500, not a 400.
+    return _UUID_TEXT.fullmatch(text) is not None
 
 
 def describe_errors(exc: ValidationError, *, limit: int = 3) -> str:

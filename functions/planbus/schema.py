@@ -60,7 +60,9 @@ def write(folder: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m planbus.schema", description="write the committed JSON Schemas")
+    parser = argparse.ArgumentParser(
+        prog="python -m planbus.schema", description="write the committed JSON Schemas"
+    )
     parser.add_argument("--dir", type=Path, default=default_schemas_dir(), help="where the schemas live")
     parser.add_argument("--check", action="store_true", help="exit 1 if a committed schema is stale")
     args = parser.parse_args(argv)
