@@ -18,9 +18,10 @@ from planbus.clock import SystemClock
 from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
 from planbus.http import Response
 from planbus.initdata import InvalidInitData
-from planbus.models import describe_errors
+from planbus.models import WebhookPayload, describe_errors
 from planbus.services import recovery, reminders
 from planbus.services.auth import TelegramAuthRequest, sign_in_with_telegram
+from planbus.services.plan_requests import process_plan_request
 from planbus.settings import Settings
 
 # The Mini App calls telegram_auth from the browser: any origin may, since the credential is the signed
@@ -74,6 +75,59 @@ def _telegram_auth(request: flask.Request) -> Response:
     with logs.bind(telegram_id=token.telegram_id):
         log.info("signed in", extra={"fields": {"user_id": token.user_id, "new_user": token.created}})
     return token.as_json(), 200
+
+
+PLAN_REQUEST_MAX_BODY = 256 * 1024
+
+
+@functions_framework.http
+def handle_plan_request(request: flask.Request) -> Response:
+    """Database webhook on plan_requests: claim the inserted row, generate its plan, write it.
+
+    200 {request_id, outcome, reason} for every event it understands (`skipped` for anything but an INSERT
+    on public.plan_requests); 401 without the secret; 400 for a body that is not a webhook payload; 503
+    when the database is unreachable or the function is not configured.
+    """
+    with logs.bind(**http.log_fields(request)):
+        return _handle_plan_request(request)
+
+
+def _handle_plan_request(request: flask.Request) -> Response:
+    log = logs.get_logger("handle_plan_request")
+    try:
+        settings = bootstrap.settings()
+        if not http.is_authorized(request, settings):
+            return http.error(401, "missing or wrong webhook secret")
+    except ConfigurationError as exc:
+        log.error("handle_plan_request is not configured: %s", exc)
+        return http.error(503, str(exc))
+    if request.method != "POST":
+        return http.error(405, "handle_plan_request takes POST")
+    if (request.content_length or 0) > PLAN_REQUEST_MAX_BODY:
+        return http.error(400, f"body is larger than {PLAN_REQUEST_MAX_BODY} bytes")
+    try:
+        event = WebhookPayload.model_validate_json(request.get_data(cache=False))
+    except ValidationError as exc:
+        return http.error(400, f"not a database webhook payload: {describe_errors(exc)}")
+    request_id = event.request_id
+    if not event.is_plan_request_insert or request_id is None:
+        reason = f"not an INSERT on public.plan_requests: {event.type} on {event.schema_name}.{event.table}"
+        return {"request_id": request_id, "outcome": "skipped", "reason": reason[:300]}, 200
+    try:
+        generator = llm.generator_for(settings)
+        outcome = process_plan_request(
+            bootstrap.database(), generator, SystemClock(), request_id, settings=settings
+        )
+    except ConfigurationError as exc:
+        log.error("handle_plan_request is not configured: %s", exc)
+        return http.error(503, str(exc))
+    except DatabaseUnavailable as exc:
+        log.error("database unavailable: %s", exc)
+        return http.error(503, "database unavailable")
+    except DatabaseError as exc:
+        log.error("database refused the plan request (SQLSTATE %s): %s", exc.sqlstate, exc)
+        return http.error(500, "database error")
+    return outcome.as_json(), 200
 
 
 SCHEDULED_MAX_BODY = 4 * 1024
