@@ -1,0 +1,172 @@
+"""The local database webhook: what Supabase's pg_net does in the cloud, done from a LISTEN connection.
+
+The trigger on `plan_requests` sends its Supabase-format payload with pg_notify('planbus_events') when
+neither pg_net nor realtime.publish exists. The relay POSTs each payload, unchanged, to
+`handle_plan_request` with the shared secret in `X-Webhook-Secret`. Unlike pg_net it retries a failed
+delivery (connection refused while a server restarts, a timeout, a 5xx) a few times with backoff, and on
+every (re)connect it re-delivers the rows still pending, since notifications sent while it was away are
+lost. A delivery is only a hint: the function claims rows atomically, so a duplicate is answered `skipped`,
+and anything the relay gives up on is left to the sweeper (`reset_stale_requests`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from planbus.devstack.console import Console
+from planbus.devstack.listener import Connection, Listener
+
+CHANNEL = "planbus_events"
+ATTEMPTS = 5
+BASE_DELAY = 0.5
+# How many pending rows one catch-up re-delivers; the sweeper covers anything beyond.
+CATCH_UP_LIMIT = 500
+
+PENDING_RECORDS = """
+SELECT to_jsonb(p) FROM public.plan_requests p
+ WHERE p.id IN (SELECT jsonb_array_elements_text(public.planbus_find_lost_requests(0, %s))::uuid)
+ ORDER BY p.created_at
+"""
+
+
+def insert_payload(record: dict[str, Any]) -> dict[str, Any]:
+    """The Supabase database-webhook body for an INSERT on plan_requests."""
+    return {
+        "type": "INSERT",
+        "table": "plan_requests",
+        "schema": "public",
+        "record": record,
+        "old_record": None,
+    }
+
+
+class WebhookRelay:
+    """Forwards `planbus_events` notifications to the webhook URL, with retries; counts what it did."""
+
+    def __init__(
+        self,
+        database_url: str,
+        target_url: str,
+        secret: str,
+        *,
+        console: Console,
+        attempts: int = ATTEMPTS,
+        base_delay: float = BASE_DELAY,
+        timeout: float = 30.0,
+        concurrency: int = 8,
+    ) -> None:
+        self.target_url = target_url
+        self.console = console
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.delivered = 0
+        self.given_up = 0
+        self._headers = {"Content-Type": "application/json", "X-Webhook-Secret": secret}
+        self._client = httpx.Client(timeout=timeout)
+        # Deliveries run side by side, as pg_net's background worker sends them: one slow LLM call must not
+        # hold up every request behind it.
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="relay")
+        self._stop = threading.Event()
+        self._count_lock = threading.Lock()
+        self.listener = Listener(
+            "relay", database_url, CHANNEL, console=console, on_notify=self._submit, on_connect=self._catch_up
+        )
+
+    def start(self) -> None:
+        self.listener.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.listener.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._client.close()
+
+    def _catch_up(self, conn: Connection, first: bool) -> None:
+        records = [row[0] for row in conn.execute(PENDING_RECORDS, (CATCH_UP_LIMIT,)).fetchall()]
+        if records:
+            what = "pending before the relay started" if first else "pending after a reconnect"
+            self.console.event("relay", "INFO", f"re-delivering {len(records)} request(s) {what}")
+        for record in records:
+            self._submit(json.dumps(insert_payload(record), default=str))
+
+    def _submit(self, payload: str) -> None:
+        if not self._stop.is_set():
+            self._pool.submit(self._deliver, payload)
+
+    def _deliver(self, payload: str) -> None:
+        request_id = _request_id(payload)
+        for attempt in range(1, self.attempts + 1):
+            started = time.monotonic()
+            try:
+                response = self._client.post(self.target_url, content=payload, headers=self._headers)
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            else:
+                elapsed_ms = round((time.monotonic() - started) * 1000)
+                if response.status_code < 500:
+                    self._delivered(request_id, response, elapsed_ms)
+                    return
+                problem = f"HTTP {response.status_code}"
+            if attempt == self.attempts or self._stop.is_set():
+                break
+            delay = self.base_delay * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+            self.console.event(
+                "relay",
+                "WARNING",
+                f"delivery failed ({problem}); retrying in {delay:.1f} s",
+                request_id=request_id,
+                attempt=attempt,
+            )
+            if self._stop.wait(delay):
+                return
+        with self._count_lock:
+            self.given_up += 1
+        self.console.event(
+            "relay",
+            "ERROR",
+            f"gave up delivering after {attempt} attempt(s) ({problem}); "
+            "the sweeper (reset_stale_requests) will process the row",
+            request_id=request_id,
+        )
+
+    def _delivered(self, request_id: str | None, response: httpx.Response, elapsed_ms: int) -> None:
+        with self._count_lock:
+            self.delivered += 1
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if response.status_code >= 400:
+            # A 4xx is the function refusing the delivery (wrong secret, not a payload): retrying cannot help.
+            self.console.event(
+                "relay",
+                "ERROR",
+                f"webhook refused: HTTP {response.status_code}",
+                request_id=request_id,
+                answer=answer,
+            )
+            return
+        self.console.event(
+            "relay",
+            "INFO",
+            f"webhook delivered: {answer.get('outcome', response.status_code)}",
+            request_id=request_id,
+            ms=elapsed_ms,
+            reason=answer.get("reason"),
+        )
+
+
+def _request_id(payload: str) -> str | None:
+    try:
+        record = json.loads(payload).get("record") or {}
+    except (ValueError, AttributeError):
+        return None
+    value = record.get("id") if isinstance(record, dict) else None
+    return str(value) if value is not None else None

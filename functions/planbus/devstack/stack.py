@@ -1,0 +1,234 @@
+"""The whole local stack in one object: database, migrations, function servers, relay, scheduler, sink.
+
+`Stack.start()` brings the parts up in dependency order and `Stack.stop()` takes them down in reverse,
+also after a failed start, so nothing outlives the orchestrator when it is stopped with Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planbus.devstack.console import Console
+from planbus.devstack.embedded_data import DataDirLock, stop_leftover_server
+from planbus.devstack.relay import WebhookRelay
+from planbus.devstack.scheduler import Job, Scheduler
+from planbus.devstack.sink import TelegramSink
+from planbus.devstack.supervisor import ManagedProcess, free_port, http_ready
+from planbus.embedded import EmbeddedPostgres
+from planbus.migrate import default_migrations_dir, migrate
+from planbus.settings import Settings
+
+FUNCTIONS = ("handle_plan_request", "send_due_reminders", "reset_stale_requests", "telegram_auth")
+# When the supervised servers may take long to start: cold imports on a busy 2-core machine.
+SERVER_START_TIMEOUT = 90.0
+
+
+def project_root() -> Path:
+    """The checkout: the folder holding migrations/ and functions/main.py."""
+    return default_migrations_dir().parent
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """How to run the stack; the defaults are `planbus dev`'s."""
+
+    data_dir: Path | None = None  # embedded PostgreSQL's folder; None: a temporary one, removed at stop
+    source: Path = field(default_factory=lambda: project_root() / "functions" / "main.py")
+    functions: tuple[str, ...] = FUNCTIONS
+    reminders_every: float = 10.0
+    sweep_every: float = 30.0
+    host: str = "127.0.0.1"
+    state_file: Path | None = None
+
+
+class Stack:
+    """Start with `start()` (or `with Stack(...) as stack:`); `stop()` is safe to call at any point."""
+
+    def __init__(self, settings: Settings, options: StackOptions, console: Console) -> None:
+        self.settings = settings
+        self.options = options
+        self.console = console
+        self.database_url = settings.database_url or ""
+        self.embedded: EmbeddedPostgres | None = None
+        self.secret_generated = settings.webhook_secret is None
+        self.secret = (
+            secrets.token_urlsafe(32)
+            if settings.webhook_secret is None
+            else settings.webhook_secret.get_secret_value()
+        )
+        self.urls: dict[str, str] = {}
+        self.servers: dict[str, ManagedProcess] = {}
+        self.sink: TelegramSink | None = None
+        self.relay: WebhookRelay | None = None
+        self.scheduler: Scheduler | None = None
+        self.applied: list[str] = []
+        self._lock: DataDirLock | None = None
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Database, migrations, sink, function servers, relay, scheduler: each ready before the next."""
+        if not self.database_url:
+            self._start_embedded()
+        self.applied = migrate(self.database_url)
+        self.sink = TelegramSink(self.database_url, console=self.console)
+        self.sink.start()
+        self._start_servers()
+        if "handle_plan_request" in self.urls:
+            self.relay = WebhookRelay(
+                self.database_url, self.urls["handle_plan_request"], self.secret, console=self.console
+            )
+            self.relay.start()
+        jobs = [
+            Job(name, self.urls[name], every)
+            for name, every in (
+                ("send_due_reminders", self.options.reminders_every),
+                ("reset_stale_requests", self.options.sweep_every),
+            )
+            if name in self.urls
+        ]
+        if jobs:
+            self.scheduler = Scheduler(jobs, self.secret, console=self.console)
+            self.scheduler.start()
+        self._write_state()
+
+    def stop(self) -> None:
+        """Stop everything that was started, in reverse order."""
+        for part in (self.scheduler, self.relay):
+            if part is not None:
+                part.stop()
+        self.scheduler = self.relay = None
+        if self.servers:
+            with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
+                list(pool.map(lambda server: server.stop(), self.servers.values()))
+            self.servers = {}
+        if self.sink is not None:
+            self.sink.stop()
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self.options.state_file is not None:
+            self.options.state_file.unlink(missing_ok=True)
+
+    def child_environment(self) -> dict[str, str]:
+        """The environment of every function server: ours, plus the stack's database and secret."""
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "WEBHOOK_SECRET": self.secret,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.embedded is not None:
+            # The functions must use the database the relay listens on, not a remote project's REST API.
+            env.pop("SUPABASE_URL", None)
+            env.pop("SUPABASE_SERVICE_ROLE_KEY", None)
+        return env
+
+    def _start_embedded(self) -> None:
+        data_dir = self.options.data_dir
+        if data_dir is not None:
+            self._lock = DataDirLock(data_dir)
+            self._lock.acquire()
+            leftover = stop_leftover_server(data_dir / "data")
+            if leftover is not None:
+                self.console.event(
+                    "stack", "WARNING", "stopped a PostgreSQL left running by an earlier run", pid=leftover
+                )
+        self.embedded = EmbeddedPostgres(base_dir=data_dir)
+        self.database_url = self.embedded.start()
+
+    def _start_servers(self) -> None:
+        env = self.child_environment()
+        for name in self.options.functions:
+            url = f"http://{self.options.host}:{free_port(self.options.host)}"
+            self.urls[name] = url
+            self.servers[name] = ManagedProcess(
+                name,
+                server_command(name, self.options.source, self.options.host, int(url.rsplit(":", 1)[1])),
+                env=env,
+                console=self.console,
+                ready=http_ready(url),
+                cwd=str(project_root()),
+                on_restart=lambda _server: self._write_state(),
+            )
+        with ThreadPoolExecutor(max_workers=len(self.servers) or 1) as pool:
+            for future in [pool.submit(s.start, SERVER_START_TIMEOUT) for s in self.servers.values()]:
+                future.result()
+
+    def describe(self) -> list[str]:
+        """The stack's parts and addresses, for the terminal."""
+        where = (
+            f"embedded PostgreSQL, data in {self.embedded.data_dir}"
+            if self.embedded is not None
+            else "DATABASE_URL"
+        )
+        lines = ["local stack:", f"  {'database':<21} {safe_url(self.database_url)}  ({where})"]
+        for name, url in self.urls.items():
+            lines.append(f"  {name:<21} {url}  (functions-framework, pid {self.servers[name].pid})")
+        if self.relay is not None:
+            lines.append(f"  {'webhook relay':<21} LISTEN planbus_events → POST handle_plan_request")
+        if self.scheduler is not None:
+            lines.append(
+                f"  {'scheduler':<21} "
+                + ", ".join(f"{job.name} every {job.every:g} s" for job in self.scheduler.jobs.values())
+            )
+        lines.append(f"  {'telegram sink':<21} LISTEN planbus_outbox")
+        if self.applied:
+            lines.append(f"  {'migrations':<21} applied {len(self.applied)}, last {self.applied[-1]}")
+        return lines
+
+    def state(self) -> dict[str, Any]:
+        """What other tools need to find the stack (no secrets): database, URLs and process ids."""
+        return {
+            "pid": os.getpid(),
+            "database_url": self.database_url,
+            "embedded": self.embedded is not None,
+            "functions": {
+                name: {"url": self.urls[name], "pid": server.pid, "restarts": server.restarts}
+                for name, server in self.servers.items()
+            },
+        }
+
+    def _write_state(self) -> None:
+        path = self.options.state_file
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(self.state(), indent=2))
+        partial.replace(path)
+
+
+def server_command(target: str, source: Path, host: str, port: int) -> list[str]:
+    """`functions-framework --target X --source main.py --host H --port P`, from this environment."""
+    script = Path(sys.executable).parent / "functions-framework"
+    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "functions_framework"]
+    return [*launcher, "--target", target, "--source", str(source), "--host", host, "--port", str(port)]
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
