@@ -100,6 +100,9 @@ def test_an_insert_on_plan_requests_names_the_request() -> None:
         (insert({"status": "pending"}), "must carry record.id"),
         (insert({"id": 42}), "must carry record.id"),
         (insert({"id": "not-a-uuid"}), "record.id is not a UUID: 'not-a-uuid'"),
+        # Forms Python's UUID() takes but PostgreSQL's uuid type refuses: a 400 here, not a 500 later.
+        (insert({"id": "urn:uuid:12345678-1234-5678-1234-567812345678"}), "is not a UUID"),
+        (insert({"id": "{12345678-1234-5678-1234-567812345678}"}), "is not a UUID"),
         (insert(None), "must carry record.id"),
         (insert([1, 2]), "record"),
         ({"type": "INSERT", "schema": "public", "record": {}}, "table"),
@@ -142,7 +145,7 @@ def test_an_event_on_another_table_names_no_request() -> None:
     assert WebhookPayload.model_validate(insert({"id": str(uuid.uuid4())}, table="leads")).request_id is None
 
 
-def test_the_committed_json_schemas_match_the_models(tmp_path: Path) -> None:
+def test_the_committed_json_schemas_match_the_models() -> None:
     assert schema.stale_files(schema.default_schemas_dir()) == [], "run: python -m planbus.schema"
 
 
@@ -160,6 +163,7 @@ def test_the_result_schema_documents_the_plan_and_its_bounds() -> None:
     assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert document["properties"]["plan"] == {"$ref": "#/$defs/Plan"}
     assert document["properties"]["generator"]["enum"] == ["openai", "offline"]
+    assert set(document["required"]) == set(PlanResult.model_fields)
     step = document["$defs"]["PlanStep"]["properties"]
     assert step["message_draft"]["maxLength"] == MAX_MESSAGE
     assert document["$defs"]["Plan"]["properties"]["steps"]["maxItems"] == MAX_STEPS

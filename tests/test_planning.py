@@ -3,6 +3,7 @@ generator's plans."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
@@ -59,6 +60,13 @@ def test_the_prompt_includes_the_previous_plan_and_when_it_was_made() -> None:
     text = describe_lead(lead, today=date(2026, 11, 28))
     assert "Previous plan (made 2026-10-01):" in text
     assert '"summary":"Open with a warm note about the Difference Engine, then book a call."' in text
+
+
+@pytest.mark.parametrize("stored", [["an", "old", "list"], "a plan kept as text", 42])
+def test_a_previous_plan_of_any_shape_is_shown_and_does_not_stop_a_new_one(stored: object) -> None:
+    lead = LeadFacts.model_validate({**LEAD.model_dump(), "plan": stored})
+    assert json.dumps(stored, separators=(",", ":")) in describe_lead(lead, today=date(2026, 11, 28))
+    assert "Builds on the previous plan" in offline_plan(lead).summary
 
 
 def test_long_notes_are_clipped_so_the_instructions_keep_their_place() -> None:

@@ -267,6 +267,21 @@ def test_a_newer_plan_builds_on_the_previous_one_and_replaces_its_reminders(
     assert {r["status"] for r in reminders_of(sql, second["id"])} == {"scheduled"}
 
 
+def test_a_plan_the_database_refuses_fails_the_request_with_the_databases_reason(
+    db: PostgresDatabase, sql: psycopg.Connection[Row], pending: Row
+) -> None:
+    request_id = str(pending["id"])
+    sql.execute("ALTER TABLE leads ADD CONSTRAINT leads_plan_too_small CHECK (length(plan::text) < 10)")
+
+    outcome = process_plan_request(db, RecordingGenerator(), SystemClock(), request_id, settings=SETTINGS)
+
+    assert outcome.outcome == "failed"
+    row = request_row(sql, request_id)
+    assert (row["status"], row["result"]) == ("failed", None)
+    assert row["error"].startswith('could not store the plan: new row for relation "leads" violates check')
+    assert reminders_of(sql, request_id) == []
+
+
 def _late_worker(
     db: PostgresDatabase, request_id: str, generator: BlockingGenerator
 ) -> tuple[ThreadPoolExecutor, Any]:

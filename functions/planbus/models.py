@@ -92,6 +92,8 @@ class PlanResult(BaseModel):
         extra="forbid",
         frozen=True,
         title="planbus plan request result",
+        # Stored results always carry every field, defaults included: the schema says so.
+        json_schema_serialization_defaults_required=True,
         json_schema_extra={"description": "The `result` column of a completed `plan_requests` row."},
     )
 
@@ -119,7 +121,7 @@ class LeadFacts(BaseModel):
     title: str | None = None
     notes: str | None = None
     status: str | None = None
-    plan: dict[str, Any] | None = None
+    plan: Any = None  # whatever an earlier version stored: it is shown to the model, not interpreted
     plan_generated_at: datetime | None = None
 
 
@@ -130,7 +132,7 @@ class WebhookPayload(BaseModel):
     new row's `id` as a UUID; other events are accepted and answered as skipped.
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     type: str = Field(min_length=1)
     table: str = Field(min_length=1)

@@ -74,7 +74,7 @@ def describe_lead(lead: LeadFacts, *, today: date) -> str:
         lines += ["", "Notes from the salesperson: none."]
     if lead.plan:
         when = lead.plan_generated_at.date().isoformat() if lead.plan_generated_at else "earlier"
-        previous = json.dumps(lead.plan, ensure_ascii=False, separators=(",", ":"))
+        previous = json.dumps(lead.plan, ensure_ascii=False, separators=(",", ":"), default=str)
         lines += [
             "",
             f"Previous plan (made {when}):",

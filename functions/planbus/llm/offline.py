@@ -38,7 +38,7 @@ def offline_plan(lead: LeadFacts) -> Plan:
     role = _clip(lead.title, 80)
     hook = _first_sentence(lead.notes)
     customer = (lead.status or "").strip().lower() in CUSTOMER_STATUSES
-    follow_up = lead.plan is not None
+    follow_up = bool(lead.plan)
 
     if customer:
         aim = "grow the account with a concrete next project"
