@@ -1,0 +1,84 @@
+"""`planbus dev` as a real process for the end-to-end tests: started with a state file, read through its
+output, stopped the way a developer stops it (Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+PLANBUS = str(Path(sys.executable).parent / "planbus")
+
+
+def wait_until(probe: Callable[[], T], timeout: float = 60.0, interval: float = 0.1) -> T:
+    """Poll `probe` until it returns something truthy; fail with the last value after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    value = probe()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout:.0f} s")
+        time.sleep(interval)
+        value = probe()
+    return value
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class DevStack:
+    """One `planbus dev` process with its output in a file and its state file beside it."""
+
+    def __init__(self, folder: Path, env: dict[str, str], *args: str) -> None:
+        self.state_file = folder / "stack.json"
+        self.log_file = folder / "dev.log"
+        self._log = self.log_file.open("w")
+        self.process = subprocess.Popen(
+            [PLANBUS, "dev", "--state-file", str(self.state_file), *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.returncode: int | None = None
+
+    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"planbus dev exited with {self.process.returncode}:\n{self.output()}")
+            return self.state_file.exists()
+
+        wait_until(ready, timeout)
+        return self.state()
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads(self.state_file.read_text())
+        return state
+
+    def output(self) -> str:
+        return self.log_file.read_text()
+
+    def interrupt(self, timeout: float = 60.0) -> int:
+        """Ctrl-C, and wait for a clean exit."""
+        if self.returncode is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.returncode = self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.returncode = self.process.wait()
+                raise
+            finally:
+                self._log.close()
+        return self.returncode
