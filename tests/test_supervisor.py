@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -124,3 +126,38 @@ def test_the_output_of_a_server_reaches_the_console_rendered(source: Path) -> No
         wait_until(lambda: f"asked  pid={pid}" in buffer.getvalue(), timeout=30)
     finally:
         process.stop()
+
+
+ORCHESTRATOR = """
+import os, sys, time
+from pathlib import Path
+from planbus.devstack.console import Console
+from planbus.devstack.stack import server_command
+from planbus.devstack.supervisor import ManagedProcess, free_port, http_ready
+
+port = free_port()
+process = ManagedProcess(
+    "whoami", server_command("whoami", Path(sys.argv[1]), "127.0.0.1", port), env=dict(os.environ),
+    console=Console(), ready=http_ready(f"http://127.0.0.1:{port}"),
+)
+process.start(timeout=60)
+Path(sys.argv[2]).write_text(str(process.pid))
+time.sleep(600)
+"""
+
+
+def test_servers_do_not_outlive_an_orchestrator_killed_without_warning(source: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "server.pid"
+    orchestrator = subprocess.Popen(
+        [sys.executable, "-c", ORCHESTRATOR, str(source), str(pid_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=60)
+        server = int(pid_file.read_text())
+        assert group_alive(server)
+    finally:
+        orchestrator.kill()  # SIGKILL: no cleanup code runs
+        orchestrator.wait()
+    wait_until(lambda: not group_alive(server), timeout=30)

@@ -192,8 +192,8 @@ class Stack:
                 + ", ".join(f"{job.name} every {job.every:g} s" for job in self.scheduler.jobs.values())
             )
         lines.append(f"  {'telegram sink':<21} LISTEN planbus_outbox")
-        if self.applied:
-            lines.append(f"  {'migrations':<21} applied {len(self.applied)}, last {self.applied[-1]}")
+        migrations = f"applied {len(self.applied)}, last {self.applied[-1]}" if self.applied else "up to date"
+        lines.append(f"  {'migrations':<21} {migrations}")
         return lines
 
     def state(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -29,6 +30,20 @@ GRACE_SECONDS = 5.0
 RESTART_BASE_DELAY = 0.5
 RESTART_MAX_DELAY = 10.0
 HEALTHY_AFTER_SECONDS = 30.0
+
+# Runs first in every child: ask Linux to SIGTERM it when the orchestrator dies, even by SIGKILL (which no
+# cleanup code survives), then become the real program. The pid check closes the race of a parent that
+# died before the request was made. Elsewhere prctl is missing and the child simply runs.
+LAUNCHER = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,11 +106,16 @@ class ManagedProcess:
         return proc.pid if proc is not None else None
 
     def start(self, timeout: float = 60.0) -> None:
-        """Spawn the process and wait until its readiness probe passes; then watch it."""
-        self._spawn()
-        self._wait_ready(timeout)
-        self._watcher = threading.Thread(target=self._watch, name=f"watch-{self.name}", daemon=True)
+        """Spawn the process and wait until its readiness probe passes; it is watched from then on."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+        self._watcher = threading.Thread(
+            target=self._run, args=(timeout, started, failure), name=f"watch-{self.name}", daemon=True
+        )
         self._watcher.start()
+        started.wait()
+        if failure:
+            raise failure[0]
 
     def stop(self) -> None:
         """SIGTERM the process group, wait up to the grace period, then SIGKILL what is left."""
@@ -115,7 +135,7 @@ class ManagedProcess:
                 # stop() has already collected the previous incarnation; a new one would be orphaned.
                 raise ConfigurationError(f"{self.name} is stopping")
             self._proc = subprocess.Popen(
-                self.argv,
+                [sys.executable, "-c", LAUNCHER, str(os.getpid()), *self.argv],
                 env=self.env,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
@@ -155,6 +175,19 @@ class ManagedProcess:
                 return
         _terminate_group(proc, self.grace)
         raise ConfigurationError(f"{self.name} was not ready within {timeout:.0f} s")
+
+    def _run(self, timeout: float, started: threading.Event, failure: list[BaseException]) -> None:
+        # Every incarnation is spawned from this one thread, which lives as long as the process is
+        # supervised: the parent-death signal fires when the spawning *thread* ends, not only the process.
+        try:
+            self._spawn()
+            self._wait_ready(timeout)
+        except (OSError, ConfigurationError) as exc:
+            failure.append(exc)
+            return
+        finally:
+            started.set()
+        self._watch()
 
     def _watch(self) -> None:
         delay = RESTART_BASE_DELAY
