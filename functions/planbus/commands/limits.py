@@ -71,4 +71,3 @@ def describe(answer: dict[str, Any]) -> str:
         of = "" if limit is None else f" of {limit}"
         lines.append(f"user {answer['telegram_id']}: {answer['used_today']}{of} used today")
     return "\n".join(lines)
-
