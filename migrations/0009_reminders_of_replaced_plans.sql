@@ -1,4 +1,5 @@
--- Reminders of a plan that is no longer the lead's plan are never sent.
+-- Reminders of a plan that is no longer the lead's plan are never sent, and one busy chat does not hold
+-- the others back.
 --
 -- planbus_complete_request cancels the old plan's 'scheduled' reminders, and planbus_cancel_lead_reminders
 -- cancelled only 'scheduled' ones too. A reminder that was in flight ('sending') at that moment escaped
@@ -6,15 +7,21 @@
 -- Now the claim cancels, instead of claiming, any due reminder whose plan request is not the lead's current
 -- plan (leads.plan_request_id), and an explicit cancellation also covers in-flight reminders, whose sender
 -- then finds its claim gone and can record nothing more.
--- Both keep the signatures, argument checks and answers of 0004.
+-- A claim also takes at most one reminder per chat (its earliest due), and none for a chat that has one
+-- in flight, see below.
+-- Both functions keep the signatures, argument checks and answers of 0004.
 
 CREATE OR REPLACE FUNCTION public.planbus_claim_due_reminders(p_limit int, p_lease_seconds int) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
   claimed jsonb;
 BEGIN
-  PERFORM planbus_private.require(p_limit > 0, 'p_limit must be positive');
-  PERFORM planbus_private.require(p_lease_seconds > 0, 'p_lease_seconds must be positive');
+  IF p_limit IS NULL OR p_limit <= 0 THEN
+    RAISE EXCEPTION 'p_limit must be positive' USING ERRCODE = '22023';
+  END IF;
+  IF p_lease_seconds IS NULL OR p_lease_seconds <= 0 THEN
+    RAISE EXCEPTION 'p_lease_seconds must be positive' USING ERRCODE = '22023';
+  END IF;
 
   -- Its own statement, so the claim below (a new snapshot) no longer sees the cancelled rows.
   WITH replaced AS (
@@ -33,13 +40,25 @@ BEGIN
     FROM replaced
    WHERE r.id = replaced.id;
 
-  WITH due AS (
-    SELECT id FROM public.reminders
-     WHERE (status = 'scheduled' AND due_at <= now())
-        OR (status = 'sending' AND lease_expires_at <= now())
-     ORDER BY due_at
+  -- At most one reminder per chat in a claim, and none for a chat with a reminder in flight: Telegram
+  -- takes one message a second per chat, so a batch full of one busy chat would hold every other chat's
+  -- reminders back behind it, and two senders would race each other into that chat's limit.
+  WITH first_per_chat AS (
+    SELECT DISTINCT ON (r.telegram_id) r.id
+      FROM public.reminders r
+     WHERE ((r.status = 'scheduled' AND r.due_at <= now())
+            OR (r.status = 'sending' AND r.lease_expires_at <= now()))
+       AND NOT EXISTS (
+         SELECT 1 FROM public.reminders busy
+          WHERE busy.telegram_id = r.telegram_id AND busy.status = 'sending' AND busy.lease_expires_at > now())
+     ORDER BY r.telegram_id, r.due_at, r.step_index
+  ), due AS (
+    SELECT r.id FROM public.reminders r JOIN first_per_chat f ON f.id = r.id
+     WHERE (r.status = 'scheduled' AND r.due_at <= now())
+        OR (r.status = 'sending' AND r.lease_expires_at <= now())
+     ORDER BY r.due_at
      LIMIT p_limit
-     FOR UPDATE SKIP LOCKED
+     FOR UPDATE OF r SKIP LOCKED
   ), taken AS (
     UPDATE public.reminders r
        SET status = 'sending',

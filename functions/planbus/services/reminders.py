@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -78,19 +77,6 @@ def retry_delay(attempt: int) -> float:
     return base * random.uniform(0.9, 1.1)
 
 
-def interleave_by_chat(batch: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Round-robin over chats, each chat's reminders in order: a chat's 1 msg/s limit then holds up no one."""
-    queues: dict[int, list[dict[str, Any]]] = {}
-    for reminder in batch:
-        queues.setdefault(int(reminder["chat_id"]), []).append(reminder)
-    ordered: list[dict[str, Any]] = []
-    depth = 0
-    while len(ordered) < sum(len(q) for q in queues.values()):
-        ordered.extend(q[depth] for q in queues.values() if depth < len(q))
-        depth += 1
-    return ordered
-
-
 def send_due_reminders(
     db: Database, sender: Sender, clock: Clock, *, settings: Settings, limit: int | None = None
 ) -> ReminderCounts:
@@ -107,7 +93,7 @@ def send_due_reminders(
                 break
             wanted -= len(batch)
             # list() waits for the whole batch and re-raises the first error of any worker.
-            list(pool.map(run.deliver, interleave_by_chat(batch)))
+            list(pool.map(run.deliver, batch))
     log.info("reminders delivered", extra={"fields": {**run.counts.as_json(), "via": sender.via}})
     return run.counts
 
@@ -150,6 +136,8 @@ class _Run:
             if self._stop_reason is None:
                 left = self.seconds_left()
                 if left <= 0 or not self.sender.wait_turn(chat_id, within=left):
+                    # Stop claiming too: reminders claimed now could only be handed back unsent.
+                    self.stop("the call's time budget ran out before it was sent")
                     self.release(reminder, 0.0, "the call's time budget ran out before it was sent")
                     return
             # Checked again after the wait: another worker may have been told to back off meanwhile.

@@ -1,0 +1,88 @@
+"""Arranging reminders for the send_due_reminders tests, and the fake Telegram endpoint they talk to.
+
+`add_plan` writes what planbus_complete_request leaves behind (a completed request that is the lead's
+current plan, and its scheduled reminders) straight into the tables, so each test can set due times.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import psycopg
+import respx
+from psycopg.types.json import Jsonb
+
+from planbus.telegram import RateLimiter, TelegramSender
+
+TOKEN = "123456:SECRET-bot-token"
+BASE = "https://telegram.test"
+SEND_URL = f"{BASE}/bot{TOKEN}/sendMessage"
+
+Row = dict[str, Any]
+Sql = psycopg.Connection[dict[str, Any]]
+
+
+def add_plan(
+    sql: Sql,
+    telegram_id: int = 1001,
+    full_name: str = "Ada Lovelace",
+    company: str | None = "Analytical Engines",
+    steps: tuple[tuple[str, float], ...] = (("Send the proposal", -60),),
+    lead: Row | None = None,
+) -> Row:
+    """A lead (or `lead`) with a new current plan whose reminders are `steps`: (text, seconds until due).
+
+    Returns {"lead", "request", "reminders"}.
+    """
+    if lead is None:
+        lead = sql.execute(
+            "INSERT INTO leads (telegram_id, full_name, company) VALUES (%s, %s, %s) RETURNING *",
+            (telegram_id, full_name, company),
+        ).fetchone()
+        assert lead is not None
+    request = sql.execute(
+        "INSERT INTO plan_requests (lead_id, telegram_id, status, result) VALUES (%s, %s, 'completed', %s) "
+        "RETURNING *",
+        (lead["id"], lead["telegram_id"], Jsonb({"plan": "stored"})),
+    ).fetchone()
+    assert request is not None
+    sql.execute("UPDATE leads SET plan_request_id = %s WHERE id = %s", (request["id"], lead["id"]))
+    reminders = [
+        sql.execute(
+            """INSERT INTO reminders (lead_id, telegram_id, plan_request_id, step_index, due_at, text)
+               VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s), %s) RETURNING *""",
+            (lead["id"], lead["telegram_id"], request["id"], index, due_in, text),
+        ).fetchone()
+        for index, (text, due_in) in enumerate(steps)
+    ]
+    return {"lead": lead, "request": request, "reminders": reminders}
+
+
+def reminder(sql: Sql, reminder_id: Any) -> Row:
+    row = sql.execute("SELECT * FROM reminders WHERE id = %s", (reminder_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+def sent_messages(route: respx.Route) -> list[tuple[int, str]]:
+    """(chat_id, text) of every sendMessage the route received, in order."""
+    return [(body["chat_id"], body["text"]) for body in (json.loads(c.request.content) for c in route.calls)]
+
+
+def fast_sender() -> TelegramSender:
+    """The real client, with its limiter opened up so tests do not wait."""
+    return TelegramSender(TOKEN, api_base=BASE, limiter=RateLimiter(per_second=1000, chat_interval=0))
+
+
+def ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={"ok": True, "result": {"message_id": 1}})
+
+
+def refusal(status: int, description: str, **parameters: Any) -> httpx.Response:
+    """A Bot API error answer."""
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if parameters:
+        body["parameters"] = parameters
+    return httpx.Response(status, json=body)
