@@ -12,6 +12,7 @@ from planbus.errors import PlanbusError
 
 COMMANDS = {
     "migrate": "apply pending migrations to DATABASE_URL",
+    "configure": "deploy.sh's steps: check the configuration, point the database at the functions",
     "dev": "run the functions, webhook relay, scheduler and Telegram sink locally until Ctrl-C",
     "demo": "run the whole flow once on a local stack and exit",
     "status": "queue depth, oldest pending age, stale rows, recent failures",
