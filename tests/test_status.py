@@ -104,25 +104,35 @@ def arranged(
         (ancient["id"],),
     )
 
-    done_lead = make_lead(full_name="Done")
-    done = make_request(done_lead)
-    complete(
-        db,
-        done,
-        [reminder(0, -30), reminder(1, -20), reminder(2, 60 * 24), reminder(3, -15), reminder(4, -10)],
+    # One reminder per chat, each taken to its state before the next is made due (a claim takes the
+    # earliest due reminder of each chat).
+    def planned(telegram_id: int, due_in_minutes: float) -> Row:
+        lead = make_lead(telegram_id=telegram_id, full_name=f"Planned {telegram_id}")
+        complete(db, make_request(lead), [reminder(0, due_in_minutes)])
+        return lead
+
+    def claim_one(lease: int = 300) -> Row:
+        (claimed,) = db.call("planbus_claim_due_reminders", p_limit=10, p_lease_seconds=lease)
+        return claimed
+
+    planned(3001, -30)
+    sent = claim_one()
+    db.call(
+        "planbus_mark_reminder_sent", p_reminder_id=sent["id"], p_attempt=1, p_via="outbox", p_message="hi"
     )
-    rows = sql.execute(
-        "SELECT id, step_index FROM public.reminders WHERE plan_request_id = %s ORDER BY step_index",
-        (done["id"],),
-    ).fetchall()
-    claimed = {r["id"]: r for r in db.call("planbus_claim_due_reminders", p_limit=2, p_lease_seconds=300)}
-    assert {r["step_index"] for r in claimed.values()} == {0, 1}
-    sent, broken = rows[0]["id"], rows[1]["id"]
-    db.call("planbus_mark_reminder_sent", p_reminder_id=sent, p_attempt=1, p_via="outbox", p_message="hi")
-    db.call("planbus_fail_reminder", p_reminder_id=broken, p_attempt=1, p_error="bot was blocked by the user")
-    stuck = db.call("planbus_claim_due_reminders", p_limit=1, p_lease_seconds=1)
-    assert [r["step_index"] for r in stuck] == [3]
-    expire_lease(sql, "reminders", stuck[0]["id"])
+    planned(3002, -20)
+    broken = claim_one()
+    db.call(
+        "planbus_fail_reminder",
+        p_reminder_id=broken["id"],
+        p_attempt=1,
+        p_error="bot was blocked by the user",
+    )
+    planned(3003, -15)
+    stuck = claim_one(lease=1)
+    expire_lease(sql, "reminders", stuck["id"])
+    planned(3004, -10)
+    planned(3005, 60 * 24)
 
     cancelled_lead = make_lead(full_name="Cancelled")
     complete(db, make_request(cancelled_lead), [reminder(0, 60)])
@@ -135,12 +145,12 @@ def test_status_counts_every_request_state(db: PostgresDatabase, arranged: Row) 
     assert {k: requests[k] for k in ("pending", "processing", "completed", "failed")} == {
         "pending": 3,  # old, new, and the one waiting to retry
         "processing": 2,
-        "completed": 2,
+        "completed": 6,
         "failed": 4,
     }
     assert requests["stale"] == 1
     assert requests["waiting_retry"] == 1
-    assert requests["created_24h"] == 10
+    assert requests["created_24h"] == 14
     assert requests["oldest_pending_id"] == arranged["oldest_pending_id"]
     assert 300 <= requests["oldest_pending_seconds"] < 400
 
