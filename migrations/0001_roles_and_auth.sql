@@ -19,6 +19,8 @@ CREATE SCHEMA IF NOT EXISTS auth;
 GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
 
 -- auth.jwt(): the request's JWT claims as PostgREST sets them (request.jwt.claims), or '{}'.
+-- auth.uid(): the `sub` claim. A GUC once set in a session reads back as '' (not NULL) after its
+-- transaction, so every level is passed through nullif before falling back, as Supabase's own does.
 DO $$
 BEGIN
   IF to_regprocedure('auth.jwt()') IS NULL THEN
@@ -42,7 +44,7 @@ BEGIN
       AS $body$
         SELECT nullif(
           coalesce(
-            current_setting('request.jwt.claim.sub', true),
+            nullif(current_setting('request.jwt.claim.sub', true), ''),
             nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
           ),
           ''

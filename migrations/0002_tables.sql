@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS public.plan_requests (
   created_at       timestamptz NOT NULL DEFAULT now(),
   updated_at       timestamptz NOT NULL DEFAULT now(),
   CONSTRAINT plan_requests_result_only_when_completed CHECK ((status = 'completed') = (result IS NOT NULL)),
+  -- The Mini App shows `error` for a failed request: a failure without a reason is refused.
+  CONSTRAINT plan_requests_failed_has_error CHECK (status <> 'failed' OR error IS NOT NULL),
   CONSTRAINT plan_requests_lease_only_when_processing
     CHECK ((status = 'processing') = (lease_expires_at IS NOT NULL))
 ) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);

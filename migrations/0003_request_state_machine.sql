@@ -9,12 +9,16 @@
 -- A claim increments `attempts` and sets a lease. Completion and failure are fenced on
 -- (status = 'processing', attempts = the claim's attempt, lease not expired): a worker whose claim went
 -- stale, or was taken over, can no longer write anything.
+-- Arguments that make no sense (a lease of 0 s, a result that is not an object, ...) raise SQLSTATE 22023
+-- with a message naming the argument, and change nothing.
 -- The functions are SECURITY DEFINER and executable by service_role only (see the grants at the end).
 
 CREATE OR REPLACE FUNCTION planbus_private.retry_delay(p_attempt int) RETURNS interval
 LANGUAGE sql VOLATILE AS $$
   -- 5 s, 20 s, 80 s, ... capped at an hour, with +-10% jitter so retries of a burst spread out.
-  SELECT make_interval(secs => least(3600, 5 * power(4, greatest(p_attempt, 1) - 1)) * (0.9 + random() * 0.2))
+  -- The exponent is capped too: 4^n overflows double precision long before n reaches a large attempt.
+  SELECT make_interval(secs => least(3600, 5 * power(4, least(greatest(p_attempt, 1) - 1, 10)))
+                               * (0.9 + random() * 0.2))
 $$;
 
 CREATE OR REPLACE FUNCTION planbus_private.record_request_error(p_request_id uuid, p_attempt int, p_message text)
@@ -24,8 +28,52 @@ LANGUAGE sql AS $$
   VALUES (p_request_id, p_attempt, left(p_message, 2000))
 $$;
 
+CREATE OR REPLACE FUNCTION planbus_private.require(p_ok boolean, p_message text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF p_ok IS NOT TRUE THEN
+    RAISE EXCEPTION '%', p_message USING ERRCODE = '22023';
+  END IF;
+END
+$$;
+
+-- A plan's reminder schedule: an array of {step_index: integer >= 0, due_at: timestamp, text: non-empty},
+-- step_index distinct. Checked element by element so the message names the offending one.
+CREATE OR REPLACE FUNCTION planbus_private.check_reminders(p_reminders jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  item jsonb;
+  position int := 0;
+  seen int[] := '{}';
+  step numeric;
+BEGIN
+  PERFORM planbus_private.require(jsonb_typeof(p_reminders) = 'array', 'p_reminders must be a JSON array');
+  FOR item IN SELECT value FROM jsonb_array_elements(p_reminders) LOOP
+    PERFORM planbus_private.require(jsonb_typeof(item) = 'object',
+      format('reminder %s must be an object', position));
+    PERFORM planbus_private.require(jsonb_typeof(item -> 'step_index') = 'number',
+      format('reminder %s needs a step_index', position));
+    step := (item ->> 'step_index')::numeric;
+    PERFORM planbus_private.require(step >= 0 AND step <= 1000 AND step = trunc(step),
+      format('reminder %s: step_index must be an integer from 0 to 1000', position));
+    PERFORM planbus_private.require(NOT step::int = ANY (seen),
+      format('reminder %s: step_index %s appears twice', position, step));
+    seen := seen || step::int;
+    PERFORM planbus_private.require(jsonb_typeof(item -> 'due_at') = 'string',
+      format('reminder %s needs a due_at timestamp', position));
+    PERFORM (item ->> 'due_at')::timestamptz;
+    PERFORM planbus_private.require(length(btrim(coalesce(item ->> 'text', ''))) > 0,
+      format('reminder %s needs a non-empty text', position));
+    position := position + 1;
+  END LOOP;
+END
+$$;
+
 -- Claim one request by id: from 'pending' once its run_after has come, or from 'processing' whose lease
--- expired. Returns {claimed: true, attempt, request, lead} or {claimed: false, status, reason}.
+-- expired (the lost attempt is written to the error history). A claimable row that has used all its
+-- attempts is failed for good instead.
+-- Returns {claimed: true, attempt, request, lead} or {claimed: false, status, reason}; status is null for
+-- an unknown id.
 CREATE OR REPLACE FUNCTION public.planbus_claim_request(
   p_request_id uuid, p_lease_seconds int, p_max_attempts int
 ) RETURNS jsonb
@@ -34,55 +82,65 @@ DECLARE
   r public.plan_requests;
   l public.leads;
 BEGIN
+  PERFORM planbus_private.require(p_request_id IS NOT NULL, 'p_request_id is required');
+  PERFORM planbus_private.require(p_lease_seconds > 0, 'p_lease_seconds must be positive');
+  PERFORM planbus_private.require(p_max_attempts > 0, 'p_max_attempts must be positive');
+
+  -- The row lock serialises concurrent claimers: the second one waits, then sees the first one's claim.
+  SELECT * INTO r FROM public.plan_requests WHERE id = p_request_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('claimed', false, 'status', NULL, 'reason', 'unknown request');
+  END IF;
+  IF r.status IN ('completed', 'failed') THEN
+    RETURN jsonb_build_object('claimed', false, 'status', r.status, 'reason', 'already ' || r.status);
+  END IF;
+  IF r.status = 'processing' AND r.lease_expires_at > now() THEN
+    RETURN jsonb_build_object('claimed', false, 'status', r.status,
+      'reason', format('held by another worker until %s', r.lease_expires_at));
+  END IF;
+  IF r.status = 'pending' AND r.run_after > now() THEN
+    RETURN jsonb_build_object('claimed', false, 'status', r.status,
+      'reason', format('retry scheduled at %s', r.run_after));
+  END IF;
+
+  -- A takeover: the attempt that held the lease never reported back. It goes into the error history.
+  IF r.status = 'processing' THEN
+    PERFORM planbus_private.record_request_error(r.id, r.attempts,
+      format('lease expired during attempt %s', r.attempts));
+  END IF;
+
+  IF r.attempts >= p_max_attempts THEN
+    UPDATE public.plan_requests
+       SET status = 'failed',
+           lease_expires_at = NULL,
+           error = format('gave up after %s attempts: %s', attempts, CASE
+             WHEN status = 'processing' THEN 'the lease expired before the worker finished'
+             ELSE 'no attempts left' END)
+     WHERE id = r.id
+    RETURNING * INTO r;
+    PERFORM planbus_private.record_request_error(r.id, r.attempts, r.error);
+    RETURN jsonb_build_object('claimed', false, 'status', r.status, 'reason', r.error);
+  END IF;
+
   UPDATE public.plan_requests
      SET status = 'processing',
          attempts = attempts + 1,
          lease_expires_at = now() + make_interval(secs => p_lease_seconds),
          error = NULL
-   WHERE id = p_request_id
-     AND attempts < p_max_attempts
-     AND ((status = 'pending' AND run_after <= now())
-          OR (status = 'processing' AND lease_expires_at <= now()))
+   WHERE id = r.id
   RETURNING * INTO r;
-  IF FOUND THEN
-    SELECT * INTO l FROM public.leads WHERE id = r.lead_id;
-    RETURN jsonb_build_object('claimed', true, 'attempt', r.attempts, 'request', to_jsonb(r), 'lead', to_jsonb(l));
-  END IF;
-
-  -- Out of attempts and claimable: the row is failed for good rather than left to loop.
-  UPDATE public.plan_requests
-     SET status = 'failed',
-         lease_expires_at = NULL,
-         error = format('gave up after %s attempts: the last attempt did not finish', attempts)
-   WHERE id = p_request_id
-     AND attempts >= p_max_attempts
-     AND ((status = 'pending' AND run_after <= now())
-          OR (status = 'processing' AND lease_expires_at <= now()))
-  RETURNING * INTO r;
-  IF FOUND THEN
-    PERFORM planbus_private.record_request_error(r.id, r.attempts, r.error);
-    RETURN jsonb_build_object('claimed', false, 'status', r.status, 'reason', r.error);
-  END IF;
-
-  SELECT * INTO r FROM public.plan_requests WHERE id = p_request_id;
-  IF NOT FOUND THEN
-    RETURN jsonb_build_object('claimed', false, 'status', NULL, 'reason', 'unknown request');
-  END IF;
-  RETURN jsonb_build_object(
-    'claimed', false,
-    'status', r.status,
-    'reason', CASE
-      WHEN r.status = 'completed' THEN 'already completed'
-      WHEN r.status = 'failed' THEN 'already failed'
-      WHEN r.status = 'processing' THEN format('held by another worker until %s', r.lease_expires_at)
-      ELSE format('retry scheduled at %s', r.run_after)
-    END
-  );
+  SELECT * INTO l FROM public.leads WHERE id = r.lead_id;
+  RETURN jsonb_build_object('claimed', true, 'attempt', r.attempts, 'request', to_jsonb(r), 'lead', to_jsonb(l));
 END
 $$;
 
--- Complete the claimed attempt: store the result, update the lead, replace the lead's scheduled reminders
--- with the new plan's, all in this one transaction. p_reminders: [{step_index, due_at, text}, ...].
+-- Complete the claimed attempt: store the result, update the lead (status 'plan_ready', plan,
+-- plan_generated_at, plan_request_id), cancel the lead's still-scheduled reminders of older plans and
+-- schedule this plan's, all in this one transaction.
+-- p_result: a JSON object; p_plan: the plan stored on the lead; p_reminders: an array of
+-- {step_index, due_at, text} with distinct step_index values (may be empty or null).
+-- Returns {completed: true, reminders: <scheduled>, cancelled_reminders: <n>} or
+-- {completed: false, status, reason} when the claim is no longer held (nothing is written then).
 CREATE OR REPLACE FUNCTION public.planbus_complete_request(
   p_request_id uuid, p_attempt int, p_result jsonb, p_plan jsonb, p_reminders jsonb
 ) RETURNS jsonb
@@ -92,13 +150,20 @@ DECLARE
   owner bigint;
   cancelled int;
   scheduled int;
+  reminders jsonb := coalesce(p_reminders, '[]'::jsonb);
 BEGIN
+  PERFORM planbus_private.require(jsonb_typeof(p_result) = 'object', 'p_result must be a JSON object');
+  PERFORM planbus_private.require(p_plan IS NOT NULL AND jsonb_typeof(p_plan) <> 'null', 'p_plan is required');
+  PERFORM planbus_private.check_reminders(reminders);
+
   UPDATE public.plan_requests
      SET status = 'completed', result = p_result, error = NULL, lease_expires_at = NULL
    WHERE id = p_request_id AND status = 'processing' AND attempts = p_attempt AND lease_expires_at > now()
   RETURNING * INTO r;
   IF NOT FOUND THEN
-    RETURN jsonb_build_object('completed', false, 'reason', 'the claim is no longer held (lease expired or taken over)');
+    SELECT * INTO r FROM public.plan_requests WHERE id = p_request_id;
+    RETURN jsonb_build_object('completed', false, 'status', r.status,
+      'reason', 'the claim is no longer held (lease expired or taken over)');
   END IF;
 
   UPDATE public.leads
@@ -113,16 +178,18 @@ BEGIN
 
   INSERT INTO public.reminders (lead_id, telegram_id, plan_request_id, step_index, due_at, text)
   SELECT r.lead_id, owner, r.id, x.step_index, x.due_at, x.text
-    FROM jsonb_to_recordset(coalesce(p_reminders, '[]')) AS x(step_index int, due_at timestamptz, text text)
-  ON CONFLICT (plan_request_id, step_index) DO NOTHING;
+    FROM jsonb_to_recordset(reminders) AS x(step_index int, due_at timestamptz, text text);
   GET DIAGNOSTICS scheduled = ROW_COUNT;
 
   RETURN jsonb_build_object('completed', true, 'reminders', scheduled, 'cancelled_reminders', cancelled);
 END
 $$;
 
--- Fail the claimed attempt. Retryable: back to 'pending' after a backoff while attempts remain, else
--- 'failed'. Permanent: 'failed' at once. Returns {recorded, status, run_after}.
+-- Fail the claimed attempt (p_error: a non-empty reason, kept in the error history). Retryable: back to
+-- 'pending' after a backoff while attempts remain, else 'failed' with 'gave up after N attempts: ...'.
+-- Permanent: 'failed' at once with p_error.
+-- Returns {recorded: true, status, run_after, error} or {recorded: false, status, reason} when the claim
+-- is no longer held.
 CREATE OR REPLACE FUNCTION public.planbus_fail_request(
   p_request_id uuid, p_attempt int, p_error text, p_retryable boolean, p_max_attempts int
 ) RETURNS jsonb
@@ -131,11 +198,17 @@ DECLARE
   r public.plan_requests;
   retry boolean;
 BEGIN
+  PERFORM planbus_private.require(length(btrim(p_error)) > 0, 'p_error must be a non-empty reason');
+  PERFORM planbus_private.require(p_retryable IS NOT NULL, 'p_retryable is required');
+  PERFORM planbus_private.require(p_max_attempts > 0, 'p_max_attempts must be positive');
+
   SELECT * INTO r FROM public.plan_requests
    WHERE id = p_request_id AND status = 'processing' AND attempts = p_attempt AND lease_expires_at > now()
    FOR UPDATE;
   IF NOT FOUND THEN
-    RETURN jsonb_build_object('recorded', false, 'reason', 'the claim is no longer held (lease expired or taken over)');
+    SELECT * INTO r FROM public.plan_requests WHERE id = p_request_id;
+    RETURN jsonb_build_object('recorded', false, 'status', r.status,
+      'reason', 'the claim is no longer held (lease expired or taken over)');
   END IF;
   retry := p_retryable AND r.attempts < p_max_attempts;
   UPDATE public.plan_requests
@@ -154,13 +227,16 @@ BEGIN
 END
 $$;
 
--- Expired leases: back to 'pending' (claimable at once), or 'failed' when no attempts remain.
+-- Expired leases: back to 'pending' (claimable at once, found by planbus_find_lost_requests), or 'failed'
+-- when no attempts remain. Rows another transaction holds are left for the next run.
+-- Returns {reset: <back to pending>, failed: <failed for good>}.
 CREATE OR REPLACE FUNCTION public.planbus_reset_stale_requests(p_max_attempts int) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
   reset_count int;
   failed_count int;
 BEGIN
+  PERFORM planbus_private.require(p_max_attempts > 0, 'p_max_attempts must be positive');
   WITH stale AS (
     SELECT id FROM public.plan_requests
      WHERE status = 'processing' AND lease_expires_at <= now()
@@ -189,30 +265,42 @@ END
 $$;
 
 -- Pending rows nobody is going to deliver: first attempts whose webhook is overdue by p_grace_seconds,
--- and retries whose backoff has passed. Oldest first.
+-- and retries whose backoff has passed (retries get no webhook). Oldest first.
+-- Returns a JSON array of request ids (at most p_limit).
 CREATE OR REPLACE FUNCTION public.planbus_find_lost_requests(p_grace_seconds int, p_limit int) RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-  SELECT coalesce(jsonb_agg(id ORDER BY run_after), '[]'::jsonb)
-    FROM (
-      SELECT id, run_after FROM public.plan_requests
-       WHERE status = 'pending'
-         AND run_after <= now()
-         AND (attempts > 0 OR run_after <= now() - make_interval(secs => p_grace_seconds))
-       ORDER BY run_after
-       LIMIT p_limit
-    ) lost
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+  PERFORM planbus_private.require(p_grace_seconds >= 0, 'p_grace_seconds must be zero or more');
+  PERFORM planbus_private.require(p_limit > 0, 'p_limit must be positive');
+  RETURN (
+    SELECT coalesce(jsonb_agg(id ORDER BY run_after, id), '[]'::jsonb)
+      FROM (
+        SELECT id, run_after FROM public.plan_requests
+         WHERE status = 'pending'
+           AND run_after <= now()
+           AND (attempts > 0 OR run_after <= now() - make_interval(secs => p_grace_seconds))
+         ORDER BY run_after, id
+         LIMIT p_limit
+      ) lost
+  );
+END
 $$;
 
--- Remove finished requests and delivered reminders older than the retention period. A request whose
--- reminders are still to be sent is kept.
+-- Remove what is past the retention period: delivered, cancelled and failed reminders; finished requests
+-- that no longer have any reminder (so a plan's history goes only once all its reminders have gone; the
+-- error history goes with the request); the local outbox.
+-- Returns {requests, reminders, outbox}: the numbers of rows removed.
 CREATE OR REPLACE FUNCTION public.planbus_prune(p_retention_days int) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
-  cutoff timestamptz := now() - make_interval(days => p_retention_days);
+  cutoff timestamptz;
   reminders_pruned int;
   requests_pruned int;
   outbox_pruned int;
 BEGIN
+  PERFORM planbus_private.require(p_retention_days > 0, 'p_retention_days must be positive');
+  cutoff := now() - make_interval(days => p_retention_days);
+
   DELETE FROM public.reminders
    WHERE (status = 'sent' AND sent_at < cutoff)
       OR (status IN ('cancelled', 'failed') AND updated_at < cutoff);
@@ -220,9 +308,7 @@ BEGIN
 
   DELETE FROM public.plan_requests p
    WHERE p.status IN ('completed', 'failed') AND p.updated_at < cutoff
-     AND NOT EXISTS (
-       SELECT 1 FROM public.reminders m
-        WHERE m.plan_request_id = p.id AND m.status IN ('scheduled', 'sending'));
+     AND NOT EXISTS (SELECT 1 FROM public.reminders m WHERE m.plan_request_id = p.id);
   GET DIAGNOSTICS requests_pruned = ROW_COUNT;
 
   DELETE FROM planbus_private.telegram_outbox WHERE created_at < cutoff;

@@ -7,10 +7,23 @@
 --
 -- A claim takes due reminders in a batch with FOR UPDATE SKIP LOCKED, so concurrent senders never share
 -- one, and holds them under a lease: a sender that dies leaves them to be claimed again once it expires.
--- Outcomes are fenced on (status = 'sending', attempts = the claim's attempt).
+-- Outcomes are fenced on (status = 'sending', attempts = the claim's attempt). Unlike a plan request, an
+-- expired lease alone does not refuse an outcome: a message that did go out is better recorded late than
+-- sent twice; once another sender has claimed the reminder, the old attempt number no longer matches.
+-- Arguments that make no sense raise SQLSTATE 22023 and change nothing.
 
+-- Claim up to p_limit due reminders (oldest first): 'scheduled' ones whose due_at has come and 'sending'
+-- ones whose sender's lease expired.
+-- Returns a JSON array (possibly empty) of
+-- {id, attempt, chat_id, lead_id, lead_name, company, plan_request_id, step_index, due_at, text}.
 CREATE OR REPLACE FUNCTION public.planbus_claim_due_reminders(p_limit int, p_lease_seconds int) RETURNS jsonb
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+  claimed jsonb;
+BEGIN
+  PERFORM planbus_private.require(p_limit > 0, 'p_limit must be positive');
+  PERFORM planbus_private.require(p_lease_seconds > 0, 'p_lease_seconds must be positive');
+
   WITH due AS (
     SELECT id FROM public.reminders
      WHERE (status = 'scheduled' AND due_at <= now())
@@ -18,7 +31,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
      ORDER BY due_at
      LIMIT p_limit
      FOR UPDATE SKIP LOCKED
-  ), claimed AS (
+  ), taken AS (
     UPDATE public.reminders r
        SET status = 'sending',
            attempts = r.attempts + 1,
@@ -39,11 +52,18 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
            'due_at', c.due_at,
            'text', c.text
          ) ORDER BY c.due_at, c.step_index), '[]'::jsonb)
-    FROM claimed c JOIN public.leads l ON l.id = c.lead_id
+    INTO claimed
+    FROM taken c JOIN public.leads l ON l.id = c.lead_id;
+  RETURN claimed;
+END
 $$;
 
--- Delivered. p_via is 'telegram', or 'outbox' when no bot token is configured: the message is then kept
--- in planbus_private.telegram_outbox and announced on the 'planbus_outbox' channel for the local sink.
+-- Delivered. p_via is 'telegram', or 'outbox' when no bot token is configured: the message (p_message,
+-- else the reminder's text) is then kept in planbus_private.telegram_outbox and announced on the
+-- 'planbus_outbox' channel as {id, reminder_id, chat_id, text, truncated} for the local sink. A NOTIFY
+-- payload is limited to 8000 bytes, so a long message is shortened there (truncated: true); the outbox
+-- row always keeps all of it.
+-- Returns {recorded: true, status: 'sent'} or {recorded: false, reason} when the claim is no longer held.
 CREATE OR REPLACE FUNCTION public.planbus_mark_reminder_sent(
   p_reminder_id uuid, p_attempt int, p_via text, p_message text
 ) RETURNS jsonb
@@ -51,7 +71,10 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
   r public.reminders;
   outbox_id bigint;
+  message text;
+  announcement jsonb;
 BEGIN
+  PERFORM planbus_private.require(p_via IN ('telegram', 'outbox'), 'p_via must be ''telegram'' or ''outbox''');
   UPDATE public.reminders
      SET status = 'sent', sent_at = now(), delivered_via = p_via, lease_expires_at = NULL, error = NULL
    WHERE id = p_reminder_id AND status = 'sending' AND attempts = p_attempt
@@ -60,11 +83,19 @@ BEGIN
     RETURN jsonb_build_object('recorded', false, 'reason', 'the claim is no longer held');
   END IF;
   IF p_via = 'outbox' THEN
+    message := coalesce(nullif(p_message, ''), r.text);
     INSERT INTO planbus_private.telegram_outbox (reminder_id, chat_id, text)
-    VALUES (r.id, r.telegram_id, p_message)
+    VALUES (r.id, r.telegram_id, message)
     RETURNING id INTO outbox_id;
-    PERFORM pg_notify('planbus_outbox', jsonb_build_object(
-      'id', outbox_id, 'reminder_id', r.id, 'chat_id', r.telegram_id, 'text', left(p_message, 4000))::text);
+    announcement := jsonb_build_object(
+      'id', outbox_id, 'reminder_id', r.id, 'chat_id', r.telegram_id, 'text', message, 'truncated', false);
+    IF octet_length(announcement::text) > 7900 THEN
+      announcement := announcement || jsonb_build_object('text', left(message, 1000), 'truncated', true);
+    END IF;
+    IF octet_length(announcement::text) > 7900 THEN
+      announcement := announcement || jsonb_build_object('text', '', 'truncated', true);
+    END IF;
+    PERFORM pg_notify('planbus_outbox', announcement::text);
   END IF;
   RETURN jsonb_build_object('recorded', true, 'status', r.status);
 END
@@ -72,6 +103,9 @@ $$;
 
 -- Try again later: after p_delay_seconds (Telegram's retry_after, or a backoff). A delay caused by the bot's
 -- own rate limit does not use up an attempt (p_counts_as_attempt false). Past p_max_attempts: failed.
+-- Giving an attempt back keeps the counter a safe fence: a sender whose claim was taken over holds a
+-- number below every later claim's, since each claim adds one to what the previous holder left.
+-- Returns {recorded: true, status: 'scheduled'|'failed', due_at, error} or {recorded: false, reason}.
 CREATE OR REPLACE FUNCTION public.planbus_retry_reminder(
   p_reminder_id uuid, p_attempt int, p_delay_seconds double precision, p_error text,
   p_max_attempts int, p_counts_as_attempt boolean
@@ -81,6 +115,8 @@ DECLARE
   r public.reminders;
   used int;
 BEGIN
+  PERFORM planbus_private.require(p_max_attempts > 0, 'p_max_attempts must be positive');
+  PERFORM planbus_private.require(p_counts_as_attempt IS NOT NULL, 'p_counts_as_attempt is required');
   SELECT * INTO r FROM public.reminders
    WHERE id = p_reminder_id AND status = 'sending' AND attempts = p_attempt
    FOR UPDATE;
@@ -92,7 +128,7 @@ BEGIN
      SET status = CASE WHEN used >= p_max_attempts THEN 'failed' ELSE 'scheduled' END,
          attempts = used,
          due_at = CASE WHEN used >= p_max_attempts THEN due_at
-                       ELSE now() + make_interval(secs => greatest(p_delay_seconds, 0)) END,
+                       ELSE now() + make_interval(secs => greatest(coalesce(p_delay_seconds, 0), 0)) END,
          error = CASE WHEN used >= p_max_attempts
                       THEN format('gave up after %s attempts: %s', used, p_error) ELSE p_error END,
          lease_expires_at = NULL
@@ -103,10 +139,12 @@ END
 $$;
 
 -- Failed for good (the user blocked the bot, the account is deactivated, the chat does not exist).
+-- Returns {recorded: true, status: 'failed'} or {recorded: false, reason}.
 CREATE OR REPLACE FUNCTION public.planbus_fail_reminder(p_reminder_id uuid, p_attempt int, p_error text)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
+  PERFORM planbus_private.require(length(btrim(p_error)) > 0, 'p_error must be a non-empty reason');
   UPDATE public.reminders
      SET status = 'failed', error = p_error, lease_expires_at = NULL
    WHERE id = p_reminder_id AND status = 'sending' AND attempts = p_attempt;
@@ -117,7 +155,8 @@ BEGIN
 END
 $$;
 
--- Cancel every still-scheduled reminder of a lead.
+-- Cancel every still-scheduled reminder of a lead; p_reason is kept as their error.
+-- Returns {cancelled: <n>}.
 CREATE OR REPLACE FUNCTION public.planbus_cancel_lead_reminders(p_lead_id uuid, p_reason text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE

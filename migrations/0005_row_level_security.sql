@@ -67,8 +67,11 @@ CREATE POLICY telegram_users_select_own ON public.telegram_users
   FOR SELECT TO authenticated
   USING (user_id = auth.uid());
 
--- planbus internals are for the functions only.
+-- planbus internals are for the functions only, including tables later migrations add there.
 GRANT ALL ON ALL TABLES IN SCHEMA planbus_private TO service_role;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA planbus_private TO service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA planbus_private GRANT ALL ON TABLES TO service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA planbus_private GRANT ALL ON SEQUENCES TO service_role;
 
 -- Functions are executable by PUBLIC by default (and Supabase adds anon and authenticated): every planbus
 -- function is locked down to service_role, except the RLS helper above. Later migrations call this again.

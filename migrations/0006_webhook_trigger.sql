@@ -24,21 +24,25 @@ BEGIN
 END
 $$;
 
--- Store a setting (deploy.sh): in Vault when present (created or updated), else in the settings table.
+-- Store a setting (deploy.sh): in Vault when present (created or updated; named args, since Vault's
+-- functions have grown optional parameters across versions), else in the settings table.
+-- Returns {stored: 'vault'|'settings'}. A name that is not lower_snake_case or a null value is refused.
 CREATE OR REPLACE FUNCTION public.planbus_store_setting(p_name text, p_value text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
   existing uuid;
 BEGIN
-  IF p_name !~ '^[a-z][a-z0-9_]*$' THEN
-    RAISE EXCEPTION 'not a setting name: %', p_name USING ERRCODE = '22023';
-  END IF;
-  IF to_regprocedure('vault.create_secret(text,text,text)') IS NOT NULL THEN
+  PERFORM planbus_private.require(p_name ~ '^[a-z][a-z0-9_]*$', format('not a setting name: %s', p_name));
+  PERFORM planbus_private.require(p_value IS NOT NULL, format('setting %s needs a value', p_name));
+  IF to_regclass('vault.secrets') IS NOT NULL AND EXISTS (
+      SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+       WHERE n.nspname = 'vault' AND p.proname = 'create_secret') THEN
     EXECUTE 'SELECT id FROM vault.secrets WHERE name = $1' INTO existing USING 'planbus_' || p_name;
     IF existing IS NULL THEN
-      EXECUTE 'SELECT vault.create_secret($1, $2, $3)' USING p_value, 'planbus_' || p_name, 'planbus setting';
+      EXECUTE 'SELECT vault.create_secret(new_secret => $1, new_name => $2, new_description => $3)'
+        USING p_value, 'planbus_' || p_name, 'planbus setting';
     ELSE
-      EXECUTE 'SELECT vault.update_secret($1, $2)' USING existing, p_value;
+      EXECUTE 'SELECT vault.update_secret(secret_id => $1, new_secret => $2)' USING existing, p_value;
     END IF;
     DELETE FROM planbus_private.settings WHERE name = p_name;
     RETURN jsonb_build_object('stored', 'vault');
@@ -49,6 +53,8 @@ BEGIN
 END
 $$;
 
+-- The webhook is a hint (the sweeper finds rows it missed), so a delivery path that fails (pg_net
+-- misconfigured, Vault unreadable) must not refuse the Mini App's insert: it is logged as a WARNING.
 CREATE OR REPLACE FUNCTION planbus_private.dispatch_plan_request() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
@@ -59,24 +65,30 @@ DECLARE
     'record', to_jsonb(NEW),
     'old_record', NULL
   );
-  url text := planbus_private.setting('webhook_url');
+  url text;
 BEGIN
-  IF url IS NOT NULL AND EXISTS (
-      SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-       WHERE n.nspname = 'net' AND p.proname = 'http_post') THEN
-    EXECUTE 'SELECT net.http_post(url := $1, body := $2, headers := $3, timeout_milliseconds := $4)'
-      USING url, payload,
-            jsonb_build_object('Content-Type', 'application/json',
-                               'X-Webhook-Secret', coalesce(planbus_private.setting('webhook_secret'), '')),
-            5000;
-  ELSIF EXISTS (
-      SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-       WHERE n.nspname = 'realtime' AND p.proname = 'publish') THEN
-    EXECUTE 'SELECT realtime.publish($1, $2, $3)'
-      USING coalesce(planbus_private.setting('realtime_channel'), 'planbus'), 'plan_request_inserted', payload;
-  ELSE
-    PERFORM pg_notify('planbus_events', payload::text);
-  END IF;
+  BEGIN
+    url := planbus_private.setting('webhook_url');
+    IF url IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'net' AND p.proname = 'http_post') THEN
+      EXECUTE 'SELECT net.http_post(url := $1, body := $2, headers := $3, timeout_milliseconds := $4)'
+        USING url, payload,
+              jsonb_build_object('Content-Type', 'application/json',
+                                 'X-Webhook-Secret', coalesce(planbus_private.setting('webhook_secret'), '')),
+              5000;
+    ELSIF EXISTS (
+        SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'realtime' AND p.proname = 'publish') THEN
+      EXECUTE 'SELECT realtime.publish($1, $2, $3)'
+        USING coalesce(planbus_private.setting('realtime_channel'), 'planbus'), 'plan_request_inserted', payload;
+    ELSE
+      PERFORM pg_notify('planbus_events', payload::text);
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'planbus webhook for plan request % not sent (the sweeper will pick it up): % (%)',
+      NEW.id, SQLERRM, SQLSTATE;
+  END;
   RETURN NULL;
 END
 $$;
