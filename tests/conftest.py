@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from planbus import bootstrap
 from planbus.db.postgres import PostgresDatabase
 from planbus.embedded import EmbeddedPostgres
 from planbus.migrate import migrate
-from planbus import bootstrap
 from planbus.settings import Settings, get_settings
 
 # Read once, before the autouse fixture below clears the environment for every test.
@@ -71,23 +71,41 @@ def template_database(server_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def create_database(server: str, template: str | None = None) -> str:
+    """A new database on the server (empty, or a copy of `template`); returns its name."""
+    name = f"planbus_test_{uuid.uuid4().hex[:12]}"
+    suffix = f' TEMPLATE "{template}"' if template else ""
+    with _admin(server) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+    return name
+
+
+def drop_database(server: str, name: str) -> None:
+    """Drop a test database, closing whatever connections a test left open to it."""
+    with _admin(server) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def fresh_database(server_url: str) -> Iterator[Callable[..., str]]:
     """Factory: a new empty database (or a copy of `template`), dropped after the test."""
     created: list[str] = []
 
     def make(template: str | None = None) -> str:
-        name = f"planbus_test_{uuid.uuid4().hex[:12]}"
-        with _admin(server_url) as conn:
-            suffix = f' TEMPLATE "{template}"' if template else ""
-            conn.execute(f'CREATE DATABASE "{name}"{suffix}')
-        created.append(name)
-        return with_database(server_url, name)
+        created.append(create_database(server_url, template))
+        return with_database(server_url, created[-1])
 
     yield make
-    with _admin(server_url) as conn:
-        for name in created:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for name in created:
+        drop_database(server_url, name)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(server_url: str, template_database: str) -> Iterator[str]:
+    """A migrated database shared by one test module, for tests that roll back whatever they do."""
+    name = create_database(server_url, template_database)
+    yield with_database(server_url, name)
+    drop_database(server_url, name)
 
 
 @pytest.fixture
