@@ -112,6 +112,7 @@ def test_requests_from_the_mini_app_complete_and_their_reminders_reach_the_sink(
     ).fetchall()
     assert delivered == [{"status": "sent", "delivered_via": "outbox"}] * 5
     assert f"Telegram → chat {USER.telegram_id}" in dev.output()
+    assert STACK_SETTINGS["WEBHOOK_SECRET"] not in dev.state_file.read_text()
     attempts = sql.execute("SELECT attempts FROM public.plan_requests").fetchall()
     assert attempts == [{"attempts": 1}] * 5
 

@@ -91,8 +91,13 @@ class Stack:
         self.sink.start()
         self._start_servers()
         if "handle_plan_request" in self.urls:
+            # A delivery waits as long as a claim can hold (an LLM call included) before it counts as failed.
             self.relay = WebhookRelay(
-                self.database_url, self.urls["handle_plan_request"], self.secret, console=self.console
+                self.database_url,
+                self.urls["handle_plan_request"],
+                self.secret,
+                console=self.console,
+                timeout=self.settings.lease_seconds + 10,
             )
             self.relay.start()
         jobs = [
@@ -144,6 +149,13 @@ class Stack:
         return env
 
     def _start_embedded(self) -> None:
+        if self.settings.supabase_url:
+            self.console.event(
+                "stack",
+                "WARNING",
+                "SUPABASE_URL is set without DATABASE_URL: the stack runs on embedded PostgreSQL "
+                "(the relay needs a direct connection to LISTEN); set DATABASE_URL to use the project",
+            )
         data_dir = self.options.data_dir
         if data_dir is not None:
             self._lock = DataDirLock(data_dir)
