@@ -1,15 +1,16 @@
 """send_due_reminders: deliver due reminders and record each outcome through the reminder state machine.
 
-Reminders are claimed in small batches (planbus_claim_due_reminders: FOR UPDATE SKIP LOCKED under a lease),
-so concurrent calls never share one. Each is sent by a few worker threads behind the sender's rate limiter,
-and its outcome is recorded by one SQL function, fenced on the claim's attempt:
+Reminders are claimed in small batches (planbus_claim_due_reminders: FOR UPDATE SKIP LOCKED under a lease,
+at most one per chat), so concurrent calls never share one. Each is sent by a few worker threads behind the
+sender's rate limiter, and its outcome is recorded by one SQL function, fenced on the claim's attempt:
 
     delivered                    planbus_mark_reminder_sent (via 'telegram' or 'outbox')
     429 retry_after              planbus_retry_reminder after retry_after, no attempt used; the rest of the
                                  call backs off: claimed reminders go back unsent, nothing more is claimed
     5xx, network error           planbus_retry_reminder with backoff, using an attempt (failed at the limit)
     400, 403 (blocked, ...)      planbus_fail_reminder with Telegram's reason
-    time budget spent            planbus_retry_reminder at once, no attempt used
+    time budget spent            planbus_retry_reminder at once, no attempt used; nothing more is claimed
+    401, 404 (token rejected)    every claimed reminder goes back unused; ConfigurationError is raised
 
 A message that went out but could not be recorded (the database dropped) stays 'sending' until its lease
 expires and is then sent again: delivery is at least once, never silently lost.
