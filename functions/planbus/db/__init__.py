@@ -8,8 +8,21 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from planbus.errors import ConfigurationError
+from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable, database_error
 from planbus.settings import Settings
+
+# SQLSTATE classes that mean the server or the connection is gone, not that a statement was refused:
+# connection exception, insufficient resources, operator intervention (shutdown, crash, cannot connect
+# now, not 57014 statement timeout), system error. Other errors, deadlocks and timeouts included, keep
+# their SQLSTATE so the caller can decide whether to retry.
+UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "58")
+
+
+def translate_error(message: str, sqlstate: str | None) -> DatabaseError:
+    """The planbus exception for a database error: unavailable, or refused with its SQLSTATE."""
+    if sqlstate is not None and sqlstate.startswith(UNAVAILABLE_SQLSTATES):
+        return DatabaseUnavailable(f"database unavailable ({sqlstate}): {message}", sqlstate=sqlstate)
+    return database_error(message, sqlstate)
 
 
 class Database(Protocol):

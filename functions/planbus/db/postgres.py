@@ -1,4 +1,10 @@
-"""The database port over psycopg 3 with a small connection pool (direct or pooled PostgreSQL)."""
+"""The database port over psycopg 3 with a small connection pool (direct or pooled PostgreSQL).
+
+A connection that died while it sat in the pool (a restarted server, a failover, an idle timeout) is
+checked and replaced when it is taken out, so one outage does not poison later calls. A connection lost
+during a call surfaces as DatabaseUnavailable: the call's outcome is unknown, and every state transition
+is safe to call again.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from planbus.errors import DatabaseUnavailable, database_error
+from planbus.db import translate_error
+from planbus.errors import DatabaseUnavailable
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -28,12 +35,13 @@ class PostgresDatabase:
             min_size=0,
             max_size=max_size,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
             check=ConnectionPool.check_connection,
             open=True,
         )
 
     def call(self, function: str, /, **params: Any) -> Any:
+        """Run `SELECT public.<function>(name => value, ...)`; return its decoded JSON (None for null)."""
         if not _NAME.match(function) or not all(_NAME.match(name) for name in params):
             raise ValueError(f"not a SQL identifier: {function}({', '.join(params)})")
         arguments = sql.SQL(", ").join(
@@ -48,12 +56,17 @@ class PostgresDatabase:
         except PoolTimeout as exc:
             raise DatabaseUnavailable(f"no database connection within the pool timeout: {exc}") from exc
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+            if exc.sqlstate is None:  # libpq's own: refused, reset, closed by the server
+                raise DatabaseUnavailable(f"database unreachable: {_message(exc)}") from exc
+            raise translate_error(_message(exc), exc.sqlstate) from exc
+        except psycopg.InterfaceError as exc:
+            raise DatabaseUnavailable(f"database connection unusable: {_message(exc)}") from exc
         except psycopg.Error as exc:
-            raise database_error(_message(exc), exc.sqlstate) from exc
+            raise translate_error(_message(exc), exc.sqlstate) from exc
         return None if row is None else row[0]
 
     def close(self) -> None:
+        """Close the pool and its connections."""
         self._pool.close()
 
 

@@ -1,0 +1,178 @@
+"""The direct PostgreSQL adapter: calls, JSON both ways, and driver errors translated at the edge."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from planbus.db import connect
+from planbus.db.postgres import PostgresDatabase
+from planbus.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    LimitExceeded,
+    UniqueViolation,
+)
+from planbus.settings import get_settings
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+ECHO = """
+CREATE FUNCTION planbus_test_echo(p_value jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT p_value $$;
+CREATE FUNCTION planbus_test_raise(p_sqlstate text) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'raised %', p_sqlstate USING ERRCODE = p_sqlstate; END $$;
+CREATE FUNCTION planbus_test_sleep(p_seconds float) RETURNS jsonb LANGUAGE sql AS $$
+  SELECT to_jsonb(pg_sleep(p_seconds)::text)
+$$;
+"""
+
+
+@pytest.fixture
+def echo(sql: Conn) -> None:
+    sql.execute(ECHO)
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def terminate_other_backends(sql: Conn) -> int:
+    rows = sql.execute(
+        "SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    return len(rows)
+
+
+@pytest.mark.usefixtures("echo")
+@pytest.mark.parametrize(
+    "value", [{"a": [1, 2, {"b": None}], "ü": "ß"}, [1, "two", 3.5, True], {}, []], ids=repr
+)
+def test_dicts_and_lists_go_in_as_jsonb_and_come_back_decoded(db: PostgresDatabase, value: Any) -> None:
+    assert db.call("planbus_test_echo", p_value=value) == value
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_sql_null_answer_is_none(db: PostgresDatabase) -> None:
+    assert db.call("planbus_test_echo", p_value=None) is None
+
+
+def test_state_machine_functions_are_called_with_named_arguments(
+    db: PostgresDatabase, make_lead: Any, make_request: Any
+) -> None:
+    request = make_request(make_lead())
+    answer = db.call(
+        "planbus_claim_request", p_max_attempts=3, p_request_id=str(request["id"]), p_lease_seconds=60
+    )
+    assert (answer["claimed"], answer["attempt"]) == (True, 1)
+
+
+@pytest.mark.usefixtures("echo")
+@pytest.mark.parametrize(
+    ("sqlstate", "error"),
+    [
+        ("23505", UniqueViolation),
+        ("PB429", LimitExceeded),
+        ("22023", DatabaseError),
+        ("40P01", DatabaseError),
+        ("40001", DatabaseError),
+        ("55P03", DatabaseError),
+        ("57014", DatabaseError),
+        ("57P01", DatabaseUnavailable),
+        ("53300", DatabaseUnavailable),
+        ("08006", DatabaseUnavailable),
+    ],
+)
+def test_a_database_error_is_translated_with_its_sqlstate(
+    db: PostgresDatabase, sqlstate: str, error: type[DatabaseError]
+) -> None:
+    with pytest.raises(DatabaseError) as raised:
+        db.call("planbus_test_raise", p_sqlstate=sqlstate)
+    assert type(raised.value) is error
+    assert raised.value.sqlstate == sqlstate
+    assert f"raised {sqlstate}" in str(raised.value)
+
+
+def test_an_unknown_function_is_a_database_error(db: PostgresDatabase) -> None:
+    with pytest.raises(DatabaseError) as raised:
+        db.call("planbus_no_such_function", p_x=1)
+    assert raised.value.sqlstate == "42883"
+    assert type(raised.value) is DatabaseError
+
+
+def test_names_that_are_not_sql_identifiers_are_refused_before_any_query(db: PostgresDatabase) -> None:
+    with pytest.raises(ValueError, match="not a SQL identifier"):
+        db.call("planbus_claim_request(); drop table leads; --")
+    with pytest.raises(ValueError, match="not a SQL identifier"):
+        db.call("planbus_claim_request", **{"p_x => 1); --": 1})
+
+
+def test_an_unreachable_server_is_database_unavailable() -> None:
+    database = PostgresDatabase(f"postgresql://postgres@127.0.0.1:{unused_port()}/planbus", timeout=1)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            database.call("planbus_claim_request", p_request_id=None)
+    finally:
+        database.close()
+
+
+@pytest.mark.usefixtures("echo")
+def test_the_pool_recovers_after_the_servers_connections_were_cut(db: PostgresDatabase, sql: Conn) -> None:
+    assert db.call("planbus_test_echo", p_value={"before": True}) == {"before": True}
+    assert terminate_other_backends(sql) >= 1  # the pool's idle connection, as a restart would
+    assert db.call("planbus_test_echo", p_value={"after": True}) == {"after": True}
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_connection_lost_during_a_call_is_database_unavailable_and_the_next_call_works(
+    db: PostgresDatabase, sql: Conn
+) -> None:
+    errors: list[BaseException] = []
+
+    def slow_call() -> None:
+        try:
+            db.call("planbus_test_sleep", p_seconds=30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        active = sql.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE '%%planbus_test_sleep%%'"
+            " AND pid <> pg_backend_pid() AND state = 'active'"
+        ).fetchone()
+        if active and active["n"]:
+            break
+        time.sleep(0.05)
+    terminate_other_backends(sql)
+    caller.join(timeout=10)
+    assert not caller.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], DatabaseUnavailable)
+    assert db.call("planbus_test_echo", p_value=[1]) == [1]
+
+
+def test_the_settings_choose_the_direct_adapter_for_database_url(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    database = connect(get_settings())
+    try:
+        assert isinstance(database, PostgresDatabase)
+    finally:
+        database.close()
+
+
+def test_without_any_database_setting_the_adapter_refuses_clearly() -> None:
+    with pytest.raises(ConfigurationError, match="set DATABASE_URL"):
+        connect(get_settings())
