@@ -11,7 +11,7 @@
 #   7. prints the URLs.
 # Every step creates what is missing and updates what exists: re-running is safe. Secrets never appear in
 # the output. Run ./deploy.sh --help for the options; infra/env.example documents every variable.
-set -euo pipefail
+set -Eeuo pipefail
 umask 077
 
 if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
@@ -53,7 +53,11 @@ die() {
   exit 1
 }
 warn() { printf 'deploy.sh: warning: %s\n' "$(mask "$*")" >&2; }
-step() { printf '\n==> %s\n' "$*"; }
+STEP="start"
+step() {
+  STEP=$*
+  printf '\n==> %s\n' "$*"
+}
 note() { printf '    %s\n' "$(mask "$*")"; }
 
 remember_secret() {
@@ -269,7 +273,7 @@ planbus_run() {
   (
     local name
     for name in "${NAMES[@]}"; do export "$name=${CONFIG[$name]}"; done
-    "$PLANBUS" "$@"
+    exec "$PLANBUS" "$@"
   ) 2>&1 | mask_lines
 }
 
@@ -333,6 +337,7 @@ deploy_function() {
   step "Function $name (target $target)"
   run gcloud functions deploy "$name" --gen2 --project="$PROJECT" --region="$REGION" \
     --runtime="${FUNCTION[$target.runtime]}" --source=functions --ignore-file=../infra/gcloudignore \
+    --serve-all-traffic-latest-revision \
     --entry-point="$target" --trigger-http "$access" --run-service-account="$RUNTIME_SA" \
     --memory="${FUNCTION[$target.memory]}" --cpu="${FUNCTION[$target.cpu]}" \
     --timeout="${FUNCTION[$target.timeout]}s" --concurrency="${FUNCTION[$target.concurrency]}" \
@@ -490,6 +495,10 @@ else
 fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+trap 'printf "deploy.sh: stopped at \"%s\": the command above failed; fix it and run deploy.sh again (every step is safe to repeat)\n" "$STEP" >&2' ERR
+for file in main.py requirements.txt; do
+  [[ -f $ROOT/functions/$file ]] || die "functions/$file is missing: Cloud Functions builds the source from it"
+done
 if ! print_values | "$PLANBUS" configure check --infra="$INFRA" --env-vars-dir="$WORK/env" 2>&1 | mask_lines; then
   die "stopped: fix the configuration in $ENV_FILE or $INFRA (nothing was changed)"
 fi

@@ -168,6 +168,7 @@ def test_first_deploy_deploys_four_functions_with_the_flags_of_infra(history: Hi
         "--source=functions",
         "--entry-point=handle_plan_request",
         "--trigger-http",
+        "--serve-all-traffic-latest-revision",
         "--allow-unauthenticated",
         "--memory=512Mi",
         "--cpu=1",
@@ -410,3 +411,16 @@ def test_a_missing_or_malformed_env_file_is_refused(tmp_path: Path) -> None:
 def test_deploy_sh_is_clean_under_shellcheck() -> None:
     result = subprocess.run(["shellcheck", str(ROOT / "deploy.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_a_failing_cloud_command_stops_the_deploy_and_names_the_step(
+    tmp_path: Path, database_url: str
+) -> None:
+    env_file = write_env(tmp_path / "env", valid_values(database_url))
+    run = deploy(env_file, tmp_path / "cloud", environ={"FAKE_GCLOUD_FAIL": "functions deploy"})
+    assert run.result.returncode != 0
+    assert "PERMISSION_DENIED: simulated failure" in run.result.stdout
+    assert 'stopped at "Function handle-plan-request (target handle_plan_request)"' in run.result.stderr
+    assert len(run.commands("functions", "deploy")) == 1
+    assert not run.commands("functions", "describe")
+    assert not run.commands("scheduler")
