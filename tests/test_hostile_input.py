@@ -129,15 +129,14 @@ def world(
     make_lead: Callable[..., dict[str, Any]],
     make_request: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
-    """A pending request (the target of near misses), a completed one, and the function with its secret."""
+    """Every secret configured, and a pending request: the row near misses aim at, which must not move."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("PLAN_GENERATOR", "offline")
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN)
     monkeypatch.setenv("SUPABASE_JWT_SECRET", JWT_SECRET)
     pending = make_request(make_lead(1001))
-    other = make_lead(1002)
-    return {"pending": pending, "other_lead": other, "before": snapshot(sql)}
+    return {"pending": pending, "before": snapshot(sql)}
 
 
 def webhook_bodies(pending_id: uuid.UUID) -> st.SearchStrategy[bytes]:
