@@ -170,3 +170,11 @@ def test_a_failing_cloud_command_stops_the_deploy_and_names_the_step(
     assert len(run.commands("functions", "deploy")) == 1
     assert not run.commands("functions", "describe")
     assert not run.commands("scheduler")
+
+
+def test_the_example_configuration_dry_runs_cleanly(tmp_path: Path) -> None:
+    run = deploy(ROOT / "infra" / "env.example", tmp_path / "cloud", "--dry-run")
+    assert run.result.returncode == 0, run.result.stdout + run.result.stderr
+    assert run.calls == []
+    assert run.result.stdout.count("+ gcloud functions deploy ") == len(TARGETS)
+    assert "==> Summary (dry run: nothing was run)" in run.result.stdout
