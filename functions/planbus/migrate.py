@@ -14,7 +14,8 @@ from pathlib import Path
 
 import psycopg
 
-from planbus.errors import ConfigurationError, DatabaseUnavailable, database_error
+from planbus.db import translate_error
+from planbus.errors import ConfigurationError, DatabaseUnavailable
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Any fixed 64-bit key; chosen once, never changed, shared by every planbus release.
@@ -55,7 +56,7 @@ def load_migrations(directory: Path) -> list[Migration]:
             continue
         if not MIGRATION_FILE.match(path.name):
             raise ConfigurationError(f"migration file name must be NNNN_name.sql: {path.name}")
-        migrations.append(Migration(path.name, path.read_text()))
+        migrations.append(Migration(path.name, path.read_text(encoding="utf-8")))
     numbers = [m.name[:4] for m in migrations]
     if len(set(numbers)) != len(numbers):
         raise ConfigurationError(f"two migrations share a number in {directory}")
@@ -66,22 +67,29 @@ def migrate(database_url: str, directory: Path | None = None) -> list[str]:
     """Apply pending migrations; return the names applied (empty when already up to date)."""
     migrations = load_migrations(directory or default_migrations_dir())
     try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+            # A session lock: a second run waits here; the server releases it if this connection drops.
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
             try:
                 return _apply(conn, migrations)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+                if not conn.broken:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+        if exc.sqlstate is None:
+            raise DatabaseUnavailable(f"database unreachable: {str(exc).strip()}") from exc
+        raise translate_error(exc.diag.message_primary or str(exc), exc.sqlstate) from exc
 
 
 def _apply(conn: psycopg.Connection[tuple[object, ...]], migrations: list[Migration]) -> list[str]:
     with conn.transaction():
         conn.execute(BOOTSTRAP)
-    applied = dict(conn.execute("SELECT name, checksum FROM planbus_private.schema_migrations").fetchall())
+    applied: dict[str, str] = {
+        str(name): str(checksum)
+        for name, checksum in conn.execute("SELECT name, checksum FROM planbus_private.schema_migrations")
+    }
     known = {m.name for m in migrations}
-    for name, checksum in applied.items():
+    for name in applied:
         if name not in known:
             raise ConfigurationError(f"migration {name} is applied but missing from the migrations folder")
     for migration in migrations:
@@ -100,9 +108,9 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], migrations: list[Migrat
                     "INSERT INTO planbus_private.schema_migrations (name, checksum) VALUES (%s, %s)",
                     (migration.name, migration.checksum),
                 )
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as exc:
-            raise database_error(f"{migration.name}: {exc}", exc.sqlstate) from exc
+            if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+                raise  # the connection is gone: reported as unavailable above
+            raise translate_error(f"{migration.name}: {str(exc).strip()}", exc.sqlstate) from exc
         done.append(migration.name)
     return done

@@ -13,7 +13,9 @@ from planbus.settings import get_settings
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("migrate", help="apply pending migrations to DATABASE_URL")
-    parser.add_argument("--dir", type=Path, default=None, help="migrations folder (default: the repository's)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="migrations folder (default: the repository's)"
+    )
     parser.set_defaults(run=run)
 
 
