@@ -11,7 +11,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from planbus.devstack.embedded_data import DataDirLock, stop_leftover_server
+from devstack_helpers import memory_console
+from planbus.devstack.embedded_data import (
+    DataDirLock,
+    mark_initialised,
+    prepare_data_dir,
+    stop_leftover_server,
+)
 from planbus.embedded import EmbeddedPostgres
 from planbus.errors import ConfigurationError
 
@@ -50,3 +56,23 @@ def test_a_server_left_running_on_the_folder_is_shut_down() -> None:
     finally:
         stop_leftover_server(base / "data")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_cluster_whose_first_start_was_interrupted_is_made_again(tmp_path: Path) -> None:
+    folder = tmp_path / "pg"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "PG_VERSION").write_text("18\n")  # initdb got this far, then Ctrl-C
+    console, screen = memory_console()
+    lock = prepare_data_dir(folder, console)
+    lock.release()
+    assert not (folder / "data").exists()
+    assert "the first start of this data folder was interrupted" in screen.getvalue()
+
+
+def test_a_cluster_that_started_once_is_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "pg"
+    (folder / "data").mkdir(parents=True)
+    mark_initialised(folder)
+    console, screen = memory_console()
+    prepare_data_dir(folder, console).release()
+    assert (folder / "data").exists() and screen.getvalue() == ""

@@ -4,18 +4,24 @@
 fail at once with a clear message instead of fighting over the server. If an earlier run was killed
 without cleaning up (SIGKILL, a closed terminal), its PostgreSQL may still be running on the folder; once
 we hold the lock, that server can only be such a leftover, and it is shut down before we start ours.
+A first start interrupted during initdb (Ctrl-C reaches initdb too) leaves a half-made cluster; the
+`initialised` marker, written only after a first successful start, tells it apart, and it is made again.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
 from typing import IO
 
+from planbus.devstack.console import Console
 from planbus.errors import ConfigurationError
+
+MARKER = "initialised"
 
 
 class DataDirLock:
@@ -71,3 +77,30 @@ def stop_leftover_server(data_dir: Path, timeout: float = 30.0) -> int | None:
     if Path(f"/proc/{pid}").exists():
         raise ConfigurationError(f"a PostgreSQL left running on {data_dir} (pid {pid}) did not stop")
     return pid
+
+
+def prepare_data_dir(folder: Path, console: Console) -> DataDirLock:
+    """Lock the folder for this stack and clear what an earlier run left: a running server, a half-made
+    cluster. Returns the held lock; call `mark_initialised` once the server has started."""
+    lock = DataDirLock(folder)
+    lock.acquire()
+    try:
+        leftover = stop_leftover_server(folder / "data")
+        if leftover is not None:
+            console.event(
+                "stack", "WARNING", "stopped a PostgreSQL left running by an earlier run", pid=leftover
+            )
+        if (folder / "data").exists() and not (folder / MARKER).exists():
+            console.event(
+                "stack", "WARNING", "the first start of this data folder was interrupted; starting over"
+            )
+            shutil.rmtree(folder / "data")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def mark_initialised(folder: Path) -> None:
+    """Record that the cluster in `folder` finished initdb and started once."""
+    (folder / MARKER).touch()

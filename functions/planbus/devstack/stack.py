@@ -6,22 +6,25 @@ also after a failed start, so nothing outlives the orchestrator when it is stopp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from planbus.devstack.console import Console
-from planbus.devstack.embedded_data import DataDirLock, stop_leftover_server
+from planbus.devstack.embedded_data import DataDirLock, mark_initialised, prepare_data_dir
 from planbus.devstack.relay import WebhookRelay
 from planbus.devstack.scheduler import Job, Scheduler
 from planbus.devstack.sink import TelegramSink
 from planbus.devstack.supervisor import ManagedProcess, free_port, http_ready
 from planbus.embedded import EmbeddedPostgres
+from planbus.errors import ConfigurationError
 from planbus.migrate import default_migrations_dir, migrate
 from planbus.settings import Settings
 
@@ -70,6 +73,7 @@ class Stack:
         self.scheduler: Scheduler | None = None
         self.applied: list[str] = []
         self._lock: DataDirLock | None = None
+        self._embedded_up = False
 
     def __enter__(self) -> Stack:
         try:
@@ -114,25 +118,46 @@ class Stack:
         self._write_state()
 
     def stop(self) -> None:
-        """Stop everything that was started, in reverse order."""
+        """Stop everything that was started, in reverse order; one part failing to stop does not keep the
+        others running (the first error is raised once all were tried)."""
+        errors: list[Exception] = []
+
+        def attempt(step: Callable[[], object]) -> None:
+            try:
+                step()
+            except Exception as exc:
+                self.console.event("stack", "ERROR", f"while stopping: {exc}")
+                errors.append(exc)
+
         for part in (self.scheduler, self.relay):
             if part is not None:
-                part.stop()
+                attempt(part.stop)
         self.scheduler = self.relay = None
         if self.servers:
             with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
-                list(pool.map(lambda server: server.stop(), self.servers.values()))
+                for future in [pool.submit(server.stop) for server in self.servers.values()]:
+                    attempt(future.result)
             self.servers = {}
         if self.sink is not None:
-            self.sink.stop()
+            attempt(self.sink.stop)
+            self.sink = None
         if self.embedded is not None:
-            self.embedded.stop()
+            if self._embedded_up:
+                attempt(self.embedded.stop)
+            else:
+                # Interrupted inside initdb or pg_ctl start: stop what may have come up, but a half-made
+                # cluster refusing to stop is expected here, not an error (the next start clears it).
+                with contextlib.suppress(ConfigurationError):
+                    self.embedded.stop()
             self.embedded = None
+            self._embedded_up = False
         if self._lock is not None:
             self._lock.release()
             self._lock = None
         if self.options.state_file is not None:
             self.options.state_file.unlink(missing_ok=True)
+        if errors:
+            raise errors[0]
 
     def child_environment(self) -> dict[str, str]:
         """The environment of every function server: ours, plus the stack's database and secret."""
@@ -158,15 +183,12 @@ class Stack:
             )
         data_dir = self.options.data_dir
         if data_dir is not None:
-            self._lock = DataDirLock(data_dir)
-            self._lock.acquire()
-            leftover = stop_leftover_server(data_dir / "data")
-            if leftover is not None:
-                self.console.event(
-                    "stack", "WARNING", "stopped a PostgreSQL left running by an earlier run", pid=leftover
-                )
+            self._lock = prepare_data_dir(data_dir, self.console)
         self.embedded = EmbeddedPostgres(base_dir=data_dir)
         self.database_url = self.embedded.start()
+        self._embedded_up = True
+        if data_dir is not None:
+            mark_initialised(data_dir)
 
     def _start_servers(self) -> None:
         env = self.child_environment()
