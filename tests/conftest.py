@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -157,5 +158,43 @@ def make_request(sql: psycopg.Connection[dict[str, Any]]) -> Callable[..., dict[
         ).fetchone()
         assert row is not None
         return row
+
+    return make
+
+
+@pytest.fixture
+def make_plan(
+    db: PostgresDatabase,
+    sql: psycopg.Connection[dict[str, Any]],
+    make_lead: Callable[..., dict[str, Any]],
+    make_request: Callable[..., dict[str, Any]],
+) -> Callable[..., list[str]]:
+    """Carry a new lead's plan request to `completed` through the state machine, with `steps` reminders
+    due `days` from now (a minute apart, so their order is fixed); returns the reminder ids by step."""
+
+    def make(
+        steps: int = 1, *, telegram_id: int = 1001, days: float = -1, text: str = "Call Ada"
+    ) -> list[str]:
+        request = make_request(make_lead(telegram_id=telegram_id, company="Analytical Engines"))
+        claim = db.call(
+            "planbus_claim_request", p_request_id=str(request["id"]), p_lease_seconds=60, p_max_attempts=3
+        )
+        due = datetime.now(UTC) + timedelta(days=days)
+        reminders = [
+            {"step_index": s, "due_at": (due + timedelta(minutes=s)).isoformat(), "text": f"{text} ({s})"}
+            for s in range(steps)
+        ]
+        db.call(
+            "planbus_complete_request",
+            p_request_id=str(request["id"]),
+            p_attempt=claim["attempt"],
+            p_result={"plan": {}},
+            p_plan={},
+            p_reminders=reminders,
+        )
+        rows = sql.execute(
+            "SELECT id FROM reminders WHERE plan_request_id = %s ORDER BY step_index", [request["id"]]
+        ).fetchall()
+        return [str(r["id"]) for r in rows]
 
     return make
