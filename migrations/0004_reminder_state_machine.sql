@@ -13,24 +13,73 @@
 -- Arguments that make no sense raise SQLSTATE 22023 and change nothing.
 
 -- Claim up to p_limit due reminders (oldest first): 'scheduled' ones whose due_at has come and 'sending'
--- ones whose sender's lease expired.
+-- ones whose sender's lease expired. Before claiming:
+-- - a due reminder whose plan request is no longer the lead's plan (leads.plan_request_id) is cancelled
+--   instead: it may have been in flight when the newer plan completed, and come back by a retry or an
+--   expired lease;
+-- - an expired 'sending' reminder that already used p_max_attempts is failed: a reminder whose sending
+--   keeps killing its sender must not be claimed forever.
+-- A claim takes at most one reminder per chat (its earliest due), and none for a chat that has one in
+-- flight: Telegram takes one message a second per chat, so a batch full of one busy chat would hold every
+-- other chat behind it, and two senders would race each other into that chat's limit.
 -- Returns a JSON array (possibly empty) of
 -- {id, attempt, chat_id, lead_id, lead_name, company, plan_request_id, step_index, due_at, text}.
-CREATE OR REPLACE FUNCTION public.planbus_claim_due_reminders(p_limit int, p_lease_seconds int) RETURNS jsonb
+CREATE OR REPLACE FUNCTION public.planbus_claim_due_reminders(
+  p_limit int, p_lease_seconds int, p_max_attempts int DEFAULT 5
+) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
   claimed jsonb;
 BEGIN
   PERFORM planbus_private.require(p_limit > 0, 'p_limit must be positive');
   PERFORM planbus_private.require(p_lease_seconds > 0, 'p_lease_seconds must be positive');
+  PERFORM planbus_private.require(p_max_attempts > 0, 'p_max_attempts must be positive');
 
-  WITH due AS (
+  -- Separate statements, so the claim below (a new snapshot) no longer sees the rows settled here.
+  WITH replaced AS (
+    SELECT r.id, l.plan_request_id AS current_plan
+      FROM public.reminders r JOIN public.leads l ON l.id = r.lead_id
+     WHERE ((r.status = 'scheduled' AND r.due_at <= now())
+            OR (r.status = 'sending' AND r.lease_expires_at <= now()))
+       AND l.plan_request_id IS NOT NULL
+       AND l.plan_request_id <> r.plan_request_id
+     FOR UPDATE OF r SKIP LOCKED
+  )
+  UPDATE public.reminders r
+     SET status = 'cancelled',
+         lease_expires_at = NULL,
+         error = format('superseded by plan request %s', replaced.current_plan)
+    FROM replaced
+   WHERE r.id = replaced.id;
+
+  WITH exhausted AS (
     SELECT id FROM public.reminders
-     WHERE (status = 'scheduled' AND due_at <= now())
-        OR (status = 'sending' AND lease_expires_at <= now())
-     ORDER BY due_at
-     LIMIT p_limit
+     WHERE status = 'sending' AND lease_expires_at <= now() AND attempts >= p_max_attempts
      FOR UPDATE SKIP LOCKED
+  )
+  UPDATE public.reminders r
+     SET status = 'failed',
+         lease_expires_at = NULL,
+         error = format('gave up after %s attempts: the sender did not finish (lease expired)', r.attempts)
+    FROM exhausted
+   WHERE r.id = exhausted.id;
+
+  WITH first_per_chat AS (
+    SELECT DISTINCT ON (r.telegram_id) r.id
+      FROM public.reminders r
+     WHERE ((r.status = 'scheduled' AND r.due_at <= now())
+            OR (r.status = 'sending' AND r.lease_expires_at <= now()))
+       AND NOT EXISTS (
+         SELECT 1 FROM public.reminders busy
+          WHERE busy.telegram_id = r.telegram_id AND busy.status = 'sending' AND busy.lease_expires_at > now())
+     ORDER BY r.telegram_id, r.due_at, r.step_index
+  ), due AS (
+    SELECT r.id FROM public.reminders r JOIN first_per_chat f ON f.id = r.id
+     WHERE (r.status = 'scheduled' AND r.due_at <= now())
+        OR (r.status = 'sending' AND r.lease_expires_at <= now())
+     ORDER BY r.due_at
+     LIMIT p_limit
+     FOR UPDATE OF r SKIP LOCKED
   ), taken AS (
     UPDATE public.reminders r
        SET status = 'sending',
@@ -155,15 +204,16 @@ BEGIN
 END
 $$;
 
--- Cancel every still-scheduled reminder of a lead; p_reason is kept as their error.
+-- Cancel every reminder of a lead that is not yet sent or failed, in flight included (its sender then
+-- finds its claim gone and records nothing more); p_reason is kept as their error.
 -- Returns {cancelled: <n>}.
 CREATE OR REPLACE FUNCTION public.planbus_cancel_lead_reminders(p_lead_id uuid, p_reason text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
   n int;
 BEGIN
-  UPDATE public.reminders SET status = 'cancelled', error = p_reason
-   WHERE lead_id = p_lead_id AND status = 'scheduled';
+  UPDATE public.reminders SET status = 'cancelled', error = p_reason, lease_expires_at = NULL
+   WHERE lead_id = p_lead_id AND status IN ('scheduled', 'sending');
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN jsonb_build_object('cancelled', n);
 END

@@ -1,8 +1,8 @@
-"""The reminder claim of migration 0009: replaced and cancelled plans are never sent, one chat at a time."""
+"""The reminder claim: replaced and cancelled plans are never sent, one chat at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import respx
@@ -112,3 +112,24 @@ def test_a_claim_with_nonsense_arguments_is_refused(db: PostgresDatabase, sql: S
             db.call("planbus_claim_due_reminders", p_limit=limit, p_lease_seconds=lease)
         assert caught.value.sqlstate == "22023"
     assert reminder(sql, row["id"]) == row
+
+
+def test_a_reminder_whose_sending_never_finishes_fails_after_max_attempts(
+    db: PostgresDatabase, sql: Sql, make_plan: Callable[..., list[str]]
+) -> None:
+    [reminder_id] = make_plan(steps=1)
+    for attempt in (1, 2):
+        [claimed] = db.call("planbus_claim_due_reminders", p_limit=5, p_lease_seconds=60, p_max_attempts=2)
+        assert claimed["attempt"] == attempt
+        # The sender dies: its lease runs out with the reminder still in flight.
+        sql.execute(
+            "UPDATE reminders SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
+            (reminder_id,),
+        )
+    assert db.call("planbus_claim_due_reminders", p_limit=5, p_lease_seconds=60, p_max_attempts=2) == []
+    row = sql.execute(
+        "SELECT status, attempts, error FROM reminders WHERE id = %s", (reminder_id,)
+    ).fetchone()
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("failed", 2)
+    assert "gave up after 2 attempts" in row["error"]

@@ -1,14 +1,15 @@
 """The exceptions planbus raises; foreign errors are translated at the adapter edges.
 
-    PlanbusError
-    ├── ConfigurationError        a setting is missing or inconsistent
-    ├── DatabaseError             the database refused a statement (carries the SQLSTATE)
-    │   ├── DatabaseUnavailable   the database could not be reached: the only 5xx a function answers
-    │   ├── UniqueViolation       23505, e.g. a second active request for one lead
-    │   └── LimitExceeded         PB429, a user's daily plan-request limit
-    ├── GenerationError           the LLM could not produce a valid plan
-    │   └── (retryable flag)      timeouts, 429 and 5xx may be retried; refusals and invalid output not
-    └── DeliveryError             Telegram did not accept a message
+The tree, and what an HTTP entry point answers for each:
+
+- PlanbusError
+  - ConfigurationError: a setting is missing or inconsistent (503, the function cannot serve)
+  - DatabaseError: the database refused a statement; carries the SQLSTATE (500)
+    - DatabaseUnavailable: the database could not be reached or dropped the connection (503)
+    - UniqueViolation: 23505, e.g. a second active request for one lead
+    - LimitExceeded: PB429, a user's daily plan-request limit
+  - GenerationError: the LLM gave no valid plan; `retryable` for timeouts, 429 and 5xx (written to the row)
+  - DeliveryError: Telegram did not take a message; `permanent` or `retry_after` (written to the reminder)
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -88,13 +88,20 @@ def send_due_reminders(
     with ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="reminders") as pool:
         while wanted > 0 and not run.stopped and run.seconds_left() > 0:
             batch = db.call(
-                "planbus_claim_due_reminders", p_limit=min(BATCH_SIZE, wanted), p_lease_seconds=lease
+                "planbus_claim_due_reminders",
+                p_limit=min(BATCH_SIZE, wanted),
+                p_lease_seconds=lease,
+                p_max_attempts=settings.reminder_max_attempts,
             )
             if not batch:
                 break
             wanted -= len(batch)
-            # list() waits for the whole batch and re-raises the first error of any worker.
-            list(pool.map(run.deliver, batch))
+            # Every reminder of the batch is handled before a worker's error is re-raised: a cancelled
+            # task would leave its reminder claimed until the lease ran out.
+            futures = [pool.submit(run.deliver, reminder) for reminder in batch]
+            wait(futures)
+            for future in futures:
+                future.result()
     log.info("reminders delivered", extra={"fields": {**run.counts.as_json(), "via": sender.via}})
     return run.counts
 
