@@ -27,6 +27,9 @@ ECHO = """
 CREATE FUNCTION planbus_test_echo(p_value jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT p_value $$;
 CREATE FUNCTION planbus_test_raise(p_sqlstate text) RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'raised %', p_sqlstate USING ERRCODE = p_sqlstate; END $$;
+CREATE FUNCTION planbus_test_prepared_statements() RETURNS jsonb LANGUAGE sql AS $$
+  SELECT to_jsonb(count(*)) FROM pg_prepared_statements
+$$;
 CREATE FUNCTION planbus_test_sleep(p_seconds float) RETURNS jsonb LANGUAGE sql AS $$
   SELECT to_jsonb(pg_sleep(p_seconds)::text)
 $$;
@@ -114,6 +117,17 @@ def test_names_that_are_not_sql_identifiers_are_refused_before_any_query(db: Pos
         db.call("planbus_claim_request(); drop table leads; --")
     with pytest.raises(ValueError, match="not a SQL identifier"):
         db.call("planbus_claim_request", **{"p_x => 1); --": 1})
+
+
+@pytest.mark.usefixtures("echo")
+def test_no_statement_is_prepared_so_transaction_poolers_work(database_url: str) -> None:
+    database = PostgresDatabase(database_url, max_size=1)
+    try:
+        counts = [database.call("planbus_test_prepared_statements") for _ in range(12)]
+    finally:
+        database.close()
+    # psycopg prepares a query once it has run 5 times on a connection, unless told not to.
+    assert counts == [0] * 12
 
 
 def test_an_unreachable_server_is_database_unavailable() -> None:

@@ -4,6 +4,9 @@ A connection that died while it sat in the pool (a restarted server, a failover,
 checked and replaced when it is taken out, so one outage does not poison later calls. A connection lost
 during a call surfaces as DatabaseUnavailable: the call's outcome is unknown, and every state transition
 is safe to call again.
+
+No statement is ever prepared on the server, so the adapter works through transaction-mode poolers
+(Supabase's Supavisor on port 6543, PgBouncer), where consecutive statements may reach different backends.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ class PostgresDatabase:
             min_size=0,
             max_size=max_size,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(timeout)),
+                "prepare_threshold": None,
+            },
             check=ConnectionPool.check_connection,
             open=True,
         )
