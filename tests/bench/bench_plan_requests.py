@@ -19,56 +19,26 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import functions_framework
 import psycopg
 from psycopg.types.json import Jsonb
+from scratch import scratch_database, server
 
 from planbus import logs
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
-from planbus.embedded import EmbeddedPostgres
 from planbus.llm.offline import OfflineGenerator
-from planbus.migrate import migrate
 from planbus.models import LeadFacts
 from planbus.services.plan_requests import process_plan_request
 from planbus.settings import Settings, get_settings
 
 MAIN = str(Path(__file__).resolve().parents[2] / "functions" / "main.py")
 SECRET = "bench-secret"
-
-
-@contextmanager
-def server() -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    embedded = EmbeddedPostgres()
-    try:
-        yield embedded.start()
-    finally:
-        embedded.stop()
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    name = f"planbus_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    try:
-        migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def pending_requests(url: str, count: int) -> list[str]:
@@ -139,7 +109,7 @@ def webhook(url: str) -> Callable[[str], None]:
     os.environ.update({"DATABASE_URL": url, "WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "INFO"})
     os.environ.pop("OPENAI_API_KEY", None)
     get_settings.cache_clear()
-    client = functions_framework.create_app("handle_plan_request", MAIN).test_client()
+    client = functions_framework.create_app("handle_plan_request", MAIN).test_client()  # type: ignore[no-untyped-call]
     headers = {"X-Webhook-Secret": SECRET}
 
     def run(request_id: str) -> None:

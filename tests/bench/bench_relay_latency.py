@@ -18,14 +18,15 @@ Runs on DATABASE_URL's server when set (in a scratch database, dropped after), e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
+from scratch import scratch_database
 
 from planbus.devstack.console import Console
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
@@ -33,13 +34,6 @@ from planbus.devstack.stack import Stack, StackOptions
 from planbus.settings import get_settings
 
 POLL_SECONDS = 0.002
-
-
-def scratch_database(server_url: str) -> tuple[str, str]:
-    name = f"planbus_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
 
 
 def seed(database_url: str, count: int) -> list[tuple[MiniAppUser, uuid.UUID]]:
@@ -148,19 +142,13 @@ def main() -> None:
         raise SystemExit(
             "this measures the offline generator: unset OPENAI_API_KEY or set PLAN_GENERATOR=offline"
         )
-    scratch: tuple[str, str] | None = None
-    if settings.database_url:
-        scratch = scratch_database(settings.database_url)
-        settings = settings.model_copy(update={"database_url": scratch[1]})
     options = StackOptions(functions=("handle_plan_request",))
-    try:
+    with contextlib.ExitStack() as cleanup:
+        if settings.database_url:
+            scratch_url = cleanup.enter_context(scratch_database(settings.database_url))
+            settings = settings.model_copy(update={"database_url": scratch_url})
         with Stack(settings, options, Console(min_severity="WARNING")) as stack:
             run(stack, args.requests, args.burst)
-    finally:
-        if scratch is not None:
-            assert get_settings().database_url is not None
-            with psycopg.connect(get_settings().database_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{scratch[0]}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

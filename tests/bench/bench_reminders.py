@@ -20,51 +20,19 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from fake_telegram import FakeTelegram
+from scratch import scratch_database, server
 
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
-from planbus.embedded import EmbeddedPostgres
-from planbus.migrate import migrate
 from planbus.services import reminders
 from planbus.settings import Settings
 from planbus.telegram import RateLimiter, TelegramSender
 
 TOKEN = "424242:bench-token"
-
-
-@contextmanager
-def server() -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    embedded = EmbeddedPostgres()
-    try:
-        yield embedded.start()
-    finally:
-        embedded.stop()
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    name = f"planbus_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    try:
-        migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def schedule(url: str, count: int, chats: int, heavy: int) -> None:
