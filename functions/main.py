@@ -2,6 +2,8 @@
 
 Each validates its input, calls one use case, and maps the outcome to the contract's JSON answer
 (contract section 5). No SQL and no LLM calls here; heavy libraries are imported where they are used.
+Infrastructure failures are mapped in one place (`_serve`): an unconfigured function or an unreachable
+database is 503, a statement the database refused is 500; everything else is an answer of the use case.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from planbus.services.auth import TelegramAuthRequest, sign_in_with_telegram
 from planbus.services.plan_requests import process_plan_request
 from planbus.settings import Settings
 
+PLAN_REQUEST_MAX_BODY = 256 * 1024
+SCHEDULED_MAX_BODY = 4 * 1024
+TELEGRAM_AUTH_MAX_BODY = 64 * 1024
+
 # The Mini App calls telegram_auth from the browser: any origin may, since the credential is the signed
 # initData in the body and no cookie is involved.
 TELEGRAM_AUTH_CORS = {
@@ -32,52 +38,6 @@ TELEGRAM_AUTH_CORS = {
     "Access-Control-Allow-Headers": "Content-Type",
     "Access-Control-Max-Age": "3600",
 }
-TELEGRAM_AUTH_MAX_BODY = 64 * 1024
-
-
-@functions_framework.http
-def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, dict[str, str]]:
-    """Mini App sign-in: POST {"init_data": ...} -> 200 {access_token, expires_at, telegram_id}, else 401.
-
-    No webhook secret: the caller proves who it is with initData signed by Telegram for this bot.
-    """
-    if request.method == "OPTIONS":
-        return "", 204, TELEGRAM_AUTH_CORS
-    with logs.bind(**http.log_fields(request)):
-        body, status = _telegram_auth(request)
-    return body, status, TELEGRAM_AUTH_CORS
-
-
-def _telegram_auth(request: flask.Request) -> Response:
-    log = logs.get_logger("telegram_auth")
-    if request.method != "POST":
-        return http.error(405, "telegram_auth takes POST")
-    if (request.content_length or 0) > TELEGRAM_AUTH_MAX_BODY:
-        return http.error(400, f"body is larger than {TELEGRAM_AUTH_MAX_BODY} bytes")
-    try:
-        settings = bootstrap.settings()
-        body = TelegramAuthRequest.model_validate_json(request.get_data(cache=False))
-        token = sign_in_with_telegram(bootstrap.database(), SystemClock(), body.init_data, settings=settings)
-    except ValidationError:
-        return http.error(400, 'body must be {"init_data": "<Telegram WebApp initData>"}')
-    except ConfigurationError as exc:
-        log.error("telegram_auth is not configured: %s", exc)
-        return http.error(503, str(exc))
-    except InvalidInitData as exc:
-        log.warning("sign-in refused: %s", exc)
-        return http.error(401, f"invalid initData: {exc}")
-    except DatabaseUnavailable as exc:
-        log.error("database unavailable: %s", exc)
-        return http.error(503, "database unavailable")
-    except DatabaseError as exc:
-        log.error("database refused the sign-in (SQLSTATE %s): %s", exc.sqlstate, exc)
-        return http.error(500, "database error")
-    with logs.bind(telegram_id=token.telegram_id):
-        log.info("signed in", extra={"fields": {"user_id": token.user_id, "new_user": token.created}})
-    return token.as_json(), 200
-
-
-PLAN_REQUEST_MAX_BODY = 256 * 1024
 
 
 @functions_framework.http
@@ -88,49 +48,28 @@ def handle_plan_request(request: flask.Request) -> Response:
     on public.plan_requests); 401 without the secret; 400 for a body that is not a webhook payload; 503
     when the database is unreachable or the function is not configured.
     """
-    with logs.bind(**http.log_fields(request)):
-        return _handle_plan_request(request)
 
-
-def _handle_plan_request(request: flask.Request) -> Response:
-    log = logs.get_logger("handle_plan_request")
-    try:
+    def work() -> Response:
         settings = bootstrap.settings()
-        if not http.is_authorized(request, settings):
-            return http.error(401, "missing or wrong webhook secret")
-    except ConfigurationError as exc:
-        log.error("handle_plan_request is not configured: %s", exc)
-        return http.error(503, str(exc))
-    if request.method != "POST":
-        return http.error(405, "handle_plan_request takes POST")
-    if (request.content_length or 0) > PLAN_REQUEST_MAX_BODY:
-        return http.error(400, f"body is larger than {PLAN_REQUEST_MAX_BODY} bytes")
-    try:
-        event = WebhookPayload.model_validate_json(request.get_data(cache=False))
-    except ValidationError as exc:
-        return http.error(400, f"not a database webhook payload: {describe_errors(exc)}")
-    request_id = event.request_id
-    if not event.is_plan_request_insert or request_id is None:
-        reason = f"not an INSERT on public.plan_requests: {event.type} on {event.schema_name}.{event.table}"
-        return {"request_id": request_id, "outcome": "skipped", "reason": reason[:300]}, 200
-    try:
-        generator = llm.generator_for(settings)
+        refusal = _refusal("handle_plan_request", request, PLAN_REQUEST_MAX_BODY, settings=settings)
+        if refusal:
+            return refusal
+        try:
+            event = WebhookPayload.model_validate_json(request.get_data(cache=False))
+        except ValidationError as exc:
+            return http.error(400, f"not a database webhook payload: {describe_errors(exc)}")
+        request_id = event.request_id
+        if not event.is_plan_request_insert or request_id is None:
+            reason = (
+                f"not an INSERT on public.plan_requests: {event.type} on {event.schema_name}.{event.table}"
+            )
+            return {"request_id": request_id, "outcome": "skipped", "reason": reason[:300]}, 200
         outcome = process_plan_request(
-            bootstrap.database(), generator, SystemClock(), request_id, settings=settings
+            bootstrap.database(), llm.generator_for(settings), SystemClock(), request_id, settings=settings
         )
-    except ConfigurationError as exc:
-        log.error("handle_plan_request is not configured: %s", exc)
-        return http.error(503, str(exc))
-    except DatabaseUnavailable as exc:
-        log.error("database unavailable: %s", exc)
-        return http.error(503, "database unavailable")
-    except DatabaseError as exc:
-        log.error("database refused the plan request (SQLSTATE %s): %s", exc.sqlstate, exc)
-        return http.error(500, "database error")
-    return outcome.as_json(), 200
+        return outcome.as_json(), 200
 
-
-SCHEDULED_MAX_BODY = 4 * 1024
+    return _serve("handle_plan_request", request, work)
 
 
 class ScheduledCall(BaseModel):
@@ -159,8 +98,7 @@ def send_due_reminders(request: flask.Request) -> Response:
             sender.close()
         return counts.as_json()
 
-    with logs.bind(**http.log_fields(request)):
-        return _scheduled("send_due_reminders", request, run)
+    return _scheduled("send_due_reminders", request, run)
 
 
 @functions_framework.http
@@ -171,44 +109,100 @@ def reset_stale_requests(request: flask.Request) -> Response:
     """
 
     def run(settings: Settings, call: ScheduledCall) -> dict[str, Any]:
-        generator = llm.generator_for(settings)
         counts = recovery.reset_stale_requests(
-            bootstrap.database(), generator, SystemClock(), settings=settings, limit=call.limit
+            bootstrap.database(),
+            llm.generator_for(settings),
+            SystemClock(),
+            settings=settings,
+            limit=call.limit,
         )
         return counts.as_json()
 
-    with logs.bind(**http.log_fields(request)):
-        return _scheduled("reset_stale_requests", request, run)
+    return _scheduled("reset_stale_requests", request, run)
+
+
+@functions_framework.http
+def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, dict[str, str]]:
+    """Mini App sign-in: POST {"init_data": ...} -> 200 {access_token, expires_at, telegram_id}, else 401.
+
+    No webhook secret: the caller proves who it is with initData signed by Telegram for this bot.
+    """
+    if request.method == "OPTIONS":
+        return "", 204, TELEGRAM_AUTH_CORS
+
+    def work() -> Response:
+        refusal = _refusal("telegram_auth", request, TELEGRAM_AUTH_MAX_BODY, settings=None)
+        if refusal:
+            return refusal
+        settings = bootstrap.settings()
+        try:
+            body = TelegramAuthRequest.model_validate_json(request.get_data(cache=False))
+            token = sign_in_with_telegram(
+                bootstrap.database(), SystemClock(), body.init_data, settings=settings
+            )
+        except ValidationError:
+            return http.error(400, 'body must be {"init_data": "<Telegram WebApp initData>"}')
+        except InvalidInitData as exc:
+            logs.get_logger("telegram_auth").warning("sign-in refused: %s", exc)
+            return http.error(401, f"invalid initData: {exc}")
+        with logs.bind(telegram_id=token.telegram_id):
+            logs.get_logger("telegram_auth").info(
+                "signed in", extra={"fields": {"user_id": token.user_id, "new_user": token.created}}
+            )
+        return token.as_json(), 200
+
+    body, status = _serve("telegram_auth", request, work)
+    return body, status, TELEGRAM_AUTH_CORS
 
 
 def _scheduled(
     name: str, request: flask.Request, run: Callable[[Settings, ScheduledCall], dict[str, Any]]
 ) -> Response:
-    """What both scheduled functions share: the secret, POST, the optional body, and the error mapping."""
-    log = logs.get_logger(name)
-    try:
+    """What both scheduled functions share: the secret, POST, and the optional {"limit": n} body."""
+
+    def work() -> Response:
         settings = bootstrap.settings()
-        if not http.is_authorized(request, settings):
-            return http.error(401, "missing or wrong secret")
-        if request.method != "POST":
-            return http.error(405, f"{name} takes POST")
-        if (request.content_length or 0) > SCHEDULED_MAX_BODY:
-            return http.error(400, f"body is larger than {SCHEDULED_MAX_BODY} bytes")
+        refusal = _refusal(name, request, SCHEDULED_MAX_BODY, settings=settings)
+        if refusal:
+            return refusal
         raw = request.get_data(cache=False)
-        call = ScheduledCall.model_validate_json(raw) if raw.strip() else ScheduledCall()
-    except ValidationError as exc:
-        return http.error(400, f'body must be empty or {{"limit": n}} (1 to 10000): {describe_errors(exc)}')
-    except ConfigurationError as exc:
-        log.error("%s is not configured: %s", name, exc)
-        return http.error(503, str(exc))
-    try:
+        try:
+            call = ScheduledCall.model_validate_json(raw) if raw.strip() else ScheduledCall()
+        except ValidationError as exc:
+            return http.error(
+                400, f'body must be empty or {{"limit": n}} (1 to 10000): {describe_errors(exc)}'
+            )
         return run(settings, call), 200
-    except ConfigurationError as exc:
-        log.error("%s is not configured: %s", name, exc)
-        return http.error(503, str(exc))
-    except DatabaseUnavailable as exc:
-        log.error("database unavailable: %s", exc)
-        return http.error(503, "database unavailable")
-    except DatabaseError as exc:
-        log.error("database refused %s (SQLSTATE %s): %s", name, exc.sqlstate, exc)
-        return http.error(500, "database error")
+
+    return _serve(name, request, work)
+
+
+def _refusal(
+    name: str, request: flask.Request, max_body: int, *, settings: Settings | None
+) -> Response | None:
+    """401 without the shared secret (when `settings` are given to check it), 405 unless POST, 400 when
+    the body is too large; None when the request may go on."""
+    if settings is not None and not http.is_authorized(request, settings):
+        return http.error(401, "missing or wrong webhook secret")
+    if request.method != "POST":
+        return http.error(405, f"{name} takes POST")
+    if (request.content_length or 0) > max_body:
+        return http.error(400, f"body is larger than {max_body} bytes")
+    return None
+
+
+def _serve(name: str, request: flask.Request, work: Callable[[], Response]) -> Response:
+    """Run an entry point's work with the request's log context, mapping infrastructure failures."""
+    log = logs.get_logger(name)
+    with logs.bind(**http.log_fields(request)):
+        try:
+            return work()
+        except ConfigurationError as exc:
+            log.error("%s is not configured: %s", name, exc)
+            return http.error(503, str(exc))
+        except DatabaseUnavailable as exc:
+            log.error("database unavailable: %s", exc)
+            return http.error(503, "database unavailable")
+        except DatabaseError as exc:
+            log.error("database refused %s (SQLSTATE %s): %s", name, exc.sqlstate, exc)
+            return http.error(500, "database error")
