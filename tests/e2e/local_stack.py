@@ -8,25 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from devstack_helpers import wait_until
+
 PLANBUS = str(Path(sys.executable).parent / "planbus")
-
-
-def wait_until(probe: Callable[[], T], timeout: float = 60.0, interval: float = 0.1) -> T:
-    """Poll `probe` until it returns something truthy; fail with the last value after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {timeout:.0f} s")
-        time.sleep(interval)
-        value = probe()
-    return value
 
 
 def group_alive(pgid: int) -> bool:

@@ -15,10 +15,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from local_stack import PLANBUS, DevStack, group_alive, wait_until
+from local_stack import PLANBUS, DevStack, group_alive
 from psycopg.rows import dict_row
 
 from conftest import SERVER_URL_FROM_ENV
+from devstack_helpers import wait_until
 from planbus.db.postgres import PostgresDatabase
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
 
@@ -89,7 +90,9 @@ def test_requests_from_the_mini_app_complete_and_their_reminders_reach_the_sink(
     app = MiniApp(stack_database, USER)
     request_ids = [app.request_plan(lead["id"]) for lead in seed(sql, 5)]
     for request_id in request_ids:
-        wait_until(lambda rid=request_id: (app.get_request(rid) or {}).get("status") == "completed")
+        wait_until(
+            lambda rid=request_id: (app.get_request(rid) or {}).get("status") == "completed", timeout=60
+        )
 
     operator = PostgresDatabase(stack_database)
     first_steps = []
@@ -106,7 +109,7 @@ def test_requests_from_the_mini_app_complete_and_their_reminders_reach_the_sink(
     finally:
         operator.close()
     for reminder_id in first_steps:
-        wait_until(lambda rid=reminder_id: f"(reminder {rid})" in dev.output())
+        wait_until(lambda rid=reminder_id: f"(reminder {rid})" in dev.output(), timeout=60)
     delivered = sql.execute(
         "SELECT status, delivered_via FROM public.reminders WHERE id = ANY(%s::uuid[])", (first_steps,)
     ).fetchall()
@@ -124,9 +127,9 @@ def test_a_killed_function_server_is_restarted_and_the_request_still_completes(
     victim = dev.state()["functions"]["handle_plan_request"]["pid"]
     os.killpg(victim, signal.SIGKILL)  # the instance dies: master and workers
     request_id = MiniApp(stack_database, USER).request_plan(lead["id"])
-    wait_until(lambda: status_of(sql, request_id)["status"] == "completed")
-    restarted = wait_until(lambda: dev.state()["functions"]["handle_plan_request"])
-    wait_until(lambda: dev.state()["functions"]["handle_plan_request"]["restarts"] == 1)
+    wait_until(lambda: status_of(sql, request_id)["status"] == "completed", timeout=60)
+    restarted = wait_until(lambda: dev.state()["functions"]["handle_plan_request"], timeout=60)
+    wait_until(lambda: dev.state()["functions"]["handle_plan_request"]["restarts"] == 1, timeout=60)
     assert dev.state()["functions"]["handle_plan_request"]["pid"] != victim
     assert restarted["url"] == dev.state()["functions"]["handle_plan_request"]["url"]
     assert "handle_plan_request exited; restarting" in dev.output()
@@ -140,15 +143,15 @@ def test_a_request_whose_worker_was_killed_mid_processing_is_recovered_by_the_sw
     with psycopg.connect(stack_database, row_factory=dict_row) as holder:
         holder.execute("SELECT id FROM public.leads WHERE id = %s FOR NO KEY UPDATE", (lead["id"],))
         request_id = MiniApp(stack_database, USER).request_plan(lead["id"])
-        wait_until(lambda: status_of(sql, request_id)["status"] == "processing")
+        wait_until(lambda: status_of(sql, request_id)["status"] == "processing", timeout=60)
         waiting = (
             "SELECT count(*) AS n FROM pg_stat_activity "
             "WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )
-        wait_until(lambda: sql.execute(waiting).fetchone() == {"n": 1})
+        wait_until(lambda: sql.execute(waiting).fetchone() == {"n": 1}, timeout=60)
 
         os.killpg(dev.state()["functions"]["handle_plan_request"]["pid"], signal.SIGKILL)
-        wait_until(lambda: sql.execute(waiting).fetchone() == {"n": 0})  # its transaction is gone
+        wait_until(lambda: sql.execute(waiting).fetchone() == {"n": 0}, timeout=60)  # its transaction is gone
         held = status_of(sql, request_id)
         assert (held["status"], held["attempts"]) == ("processing", 1)
         holder.rollback()
