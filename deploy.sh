@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deploys planbus to Google Cloud against a Supabase (or InsForge, or plain PostgreSQL) database:
-#   1. checks the configuration (env file + infra/) and the prerequisites, before anything changes;
+#   1. checks the configuration (the env file, or the environment without one, and infra/) and the
+#      prerequisites, before anything changes;
 #   2. applies the database migrations (planbus migrate);
 #   3. enables the APIs, creates the service accounts, and creates or updates each secret in Secret
 #      Manager (values go in on stdin, never on a command line);
@@ -32,8 +33,8 @@ usage() {
   cat <<'EOF'
 usage: ./deploy.sh [--env FILE] [--only FUNCTION] [--dry-run] [--infra DIR]
 
-  --env FILE       deploy variables and settings, one NAME=value a line (default: .env.deploy);
-                   infra/env.example documents every variable
+  --env FILE       deploy variables and settings, one NAME=value a line (default: .env.deploy, or
+                   the environment when that file does not exist); infra/env.example documents them
   --only FUNCTION  deploy one function of infra/functions.conf (its secrets, webhook and schedules);
                    migrations still run
   --dry-run        check the configuration and print every command without running any
@@ -172,6 +173,18 @@ load_env_file() {
     CONFIG[$name]=$value
     NAMES+=("$name")
   done <"$file"
+}
+
+# Without an env file, the same variables are read from the environment: every name infra/env.example
+# lists (commented out or not) that is set there.
+load_environment() {
+  local example=$1 name
+  while IFS= read -r name; do
+    if [[ -v $name && ! -v "CONFIG[$name]" ]]; then
+      CONFIG[$name]=${!name}
+      NAMES+=("$name")
+    fi
+  done < <(sed -nE 's/^#?[[:space:]]*([A-Z][A-Z0-9_]*)=.*/\1/p' "$example")
 }
 
 config() { printf '%s' "${CONFIG[$1]-}"; }
@@ -450,6 +463,7 @@ summary() {
 # Main
 # ---------------------------------------------------------------------------------------------------
 ENV_FILE=$ROOT/.env.deploy
+ENV_FILE_GIVEN=0
 INFRA=$ROOT/infra
 ONLY=
 DRY_RUN=0
@@ -457,10 +471,10 @@ while (($#)); do
   case $1 in
     --env | --only | --infra)
       (($# >= 2)) || die "$1 needs a value (see --help)"
-      case $1 in --env) ENV_FILE=$2 ;; --only) ONLY=$2 ;; --infra) INFRA=$2 ;; esac
+      case $1 in --env) ENV_FILE=$2 ENV_FILE_GIVEN=1 ;; --only) ONLY=$2 ;; --infra) INFRA=$2 ;; esac
       shift 2
       ;;
-    --env=*) ENV_FILE=${1#*=} && shift ;;
+    --env=*) ENV_FILE=${1#*=} ENV_FILE_GIVEN=1 && shift ;;
     --only=*) ONLY=${1#*=} && shift ;;
     --infra=*) INFRA=${1#*=} && shift ;;
     --dry-run) DRY_RUN=1 && shift ;;
@@ -473,7 +487,14 @@ if [[ $ENV_FILE != /* ]]; then ENV_FILE=$PWD/$ENV_FILE; fi
 # gcloud takes --source=functions relative to the repository.
 cd "$ROOT"
 
-load_env_file "$ENV_FILE"
+if ((ENV_FILE_GIVEN)) || [[ -e $ENV_FILE ]]; then
+  load_env_file "$ENV_FILE"
+  SOURCE=$ENV_FILE
+else
+  load_environment "$INFRA/env.example"
+  ((${#NAMES[@]})) || die "no env file at $ENV_FILE and no planbus variable in the environment: copy infra/env.example to .env.deploy and fill it in, or pass --env FILE"
+  SOURCE="the environment (no $ENV_FILE)"
+fi
 load_infra
 remember_secret "$(config DATABASE_URL)"
 remember_secret "$(config WEBHOOK_SECRET)"
@@ -483,7 +504,7 @@ done
 if [[ $(config DATABASE_URL) =~ ://[^:/@]+:([^@]+)@ ]]; then remember_secret "${BASH_REMATCH[1]}"; fi
 
 if ((DRY_RUN)); then
-  printf 'deploy.sh: dry run of %s: every command is printed, none is run\n' "$ENV_FILE"
+  printf 'deploy.sh: dry run of %s: every command is printed, none is run\n' "$SOURCE"
 fi
 step "Configuration"
 if [[ -x $ROOT/.venv/bin/planbus ]]; then
@@ -500,7 +521,7 @@ for file in main.py requirements.txt; do
   [[ -f $ROOT/functions/$file ]] || die "functions/$file is missing: Cloud Functions builds the source from it"
 done
 if ! print_values | "$PLANBUS" configure check --infra="$INFRA" --env-vars-dir="$WORK/env" 2>&1 | mask_lines; then
-  die "stopped: fix the configuration in $ENV_FILE or $INFRA (nothing was changed)"
+  die "stopped: fix the configuration in $SOURCE or $INFRA (nothing was changed)"
 fi
 
 PROJECT=$(config GCP_PROJECT)
@@ -526,7 +547,7 @@ fi
 [[ " ${FUNCTIONS[*]} " == *" $WEBHOOK_TARGET "* ]] || die "$INFRA/functions.conf must describe $WEBHOOK_TARGET"
 note "project $PROJECT, region $REGION, scheduler $SCHEDULER, functions: ${SELECTED[*]}"
 
-if ((!DRY_RUN)); then warn_about_env_file; fi
+if ((!DRY_RUN)) && [[ -e $ENV_FILE ]]; then warn_about_env_file; fi
 check_prerequisites
 migrate
 enable_apis

@@ -61,8 +61,9 @@ class Run:
         return self.result.stdout + self.result.stderr + json.dumps(self.calls)
 
 
-def deploy(env_file: Path, state_dir: Path, *args: str, environ: dict[str, str] | None = None) -> Run:
-    """Run ./deploy.sh with the fake gcloud first on PATH; no planbus setting from this process leaks in."""
+def deploy(env_file: Path | None, state_dir: Path, *args: str, environ: dict[str, str] | None = None) -> Run:
+    """Run ./deploy.sh with the fake gcloud first on PATH; no planbus setting from this process leaks in.
+    With `env_file` None no --env is passed: deploy.sh then reads its default file or the environment."""
     settings = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k not in settings and k != "GCLOUD"}
     env.update(PATH=f"{FAKES}{os.pathsep}{os.environ['PATH']}", FAKE_GCLOUD_STATE=str(state_dir))
@@ -70,7 +71,7 @@ def deploy(env_file: Path, state_dir: Path, *args: str, environ: dict[str, str] 
     log = state_dir / "calls.jsonl"
     before = len(log.read_text().splitlines()) if log.exists() else 0
     result = subprocess.run(
-        [str(ROOT / "deploy.sh"), "--env", str(env_file), *args],
+        [str(ROOT / "deploy.sh"), *(["--env", str(env_file)] if env_file else []), *args],
         env=env,
         cwd=state_dir.parent,
         capture_output=True,

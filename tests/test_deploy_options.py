@@ -151,6 +151,27 @@ def test_a_missing_or_malformed_env_file_is_refused(tmp_path: Path) -> None:
     assert malformed.calls == []
 
 
+@pytest.mark.skipif((ROOT / ".env.deploy").exists(), reason="a real .env.deploy would be read")
+def test_without_an_env_file_the_settings_come_from_the_environment(tmp_path: Path) -> None:
+    values = valid_values()
+    run = deploy(None, tmp_path / "cloud", "--dry-run", environ=values)
+    assert run.result.returncode == 0, run.result.stdout + run.result.stderr
+    assert "dry run of the environment" in run.result.stdout
+    assert run.calls == []
+    assert run.result.stdout.count("+ gcloud functions deploy ") == len(TARGETS)
+    for value in values.values():
+        if value not in (PROJECT, "europe-west1"):
+            assert value not in run.text()
+
+
+@pytest.mark.skipif((ROOT / ".env.deploy").exists(), reason="a real .env.deploy would be read")
+def test_without_an_env_file_or_any_setting_the_deploy_is_refused(tmp_path: Path) -> None:
+    run = deploy(None, tmp_path / "cloud", "--dry-run")
+    assert run.result.returncode != 0
+    assert "no planbus variable in the environment" in run.result.stderr
+    assert run.calls == []
+
+
 @pytest.mark.skipif(
     shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)"
 )
