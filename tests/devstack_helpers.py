@@ -1,9 +1,11 @@
-"""Shared by the local-stack tests: a recording HTTP endpoint, polling with a deadline, a memory console."""
+"""Shared by the local-stack tests: a recording HTTP endpoint, polling with a deadline, a memory console,
+whether a process group is still alive."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,15 @@ def wait_until(probe: Callable[[], T], timeout: float = 30.0, interval: float = 
         time.sleep(interval)
         value = probe()
     return value
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack_helpers import memory_console, wait_until
+from devstack_helpers import group_alive, memory_console, wait_until
 from planbus.devstack.stack import server_command
 from planbus.devstack.supervisor import ManagedProcess, free_port, http_ready
 from planbus.errors import ConfigurationError
@@ -36,14 +36,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ output, stopped the way a developer stops it (Ctrl-C)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,14 +13,6 @@ from typing import Any
 from devstack_helpers import wait_until
 
 PLANBUS = str(Path(sys.executable).parent / "planbus")
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class DevStack:
