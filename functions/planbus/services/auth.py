@@ -9,6 +9,7 @@ only `sub` and `role`, the database finds the Telegram id through the `telegram_
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,11 +17,14 @@ from typing import Any
 import jwt
 from pydantic import BaseModel, ConfigDict
 
+from planbus import logs
 from planbus.clock import Clock
 from planbus.db import Database
 from planbus.errors import ConfigurationError
 from planbus.initdata import verify_init_data
 from planbus.settings import Settings
+
+log = logs.get_logger("telegram_auth")
 
 JWT_ALGORITHM = "HS256"
 JWT_AUDIENCE = "authenticated"
@@ -31,9 +35,10 @@ MIN_JWT_SECRET_BYTES = 32
 
 
 class TelegramAuthRequest(BaseModel):
-    """The body `telegram_auth` accepts: exactly `{"init_data": "<initData>"}`."""
+    """The body `telegram_auth` accepts: `{"init_data": "<initData>"}`."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Unknown fields are ignored, so a Mini App that sends more (its version, say) is not locked out.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
     init_data: str
 
@@ -97,15 +102,23 @@ def mint_access_token(
         "iat": int(issued_at.timestamp()),
         "exp": int(expires_at.timestamp()),
     }
-    return jwt.encode(claims, key, algorithm=JWT_ALGORITHM)
+    with warnings.catch_warnings():
+        # A short key is reported once by signing_key(); PyJWT would warn again on every token.
+        warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+        return jwt.encode(claims, key, algorithm=JWT_ALGORITHM)
 
 
 def signing_key(settings: Settings) -> bytes:
-    """SUPABASE_JWT_SECRET as the HS256 key (PostgREST uses the secret's text as-is, not base64-decoded)."""
+    """SUPABASE_JWT_SECRET as the HS256 key (PostgREST uses the secret's text as-is, not base64-decoded).
+
+    The key is the project's: PostgREST accepts only tokens signed with it, whatever its length. A key
+    shorter than RFC 7518 asks for is used, with a warning in the log, rather than refusing every sign-in.
+    """
     key = _required(settings.supabase_jwt_secret, "SUPABASE_JWT_SECRET", "tokens cannot be signed").encode()
     if len(key) < MIN_JWT_SECRET_BYTES:
-        raise ConfigurationError(
-            f"SUPABASE_JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes: use the project's JWT secret"
+        log.warning(
+            "SUPABASE_JWT_SECRET is shorter than %s bytes: tokens signed with it are easier to forge",
+            MIN_JWT_SECRET_BYTES,
         )
     return key
 
