@@ -1,4 +1,4 @@
-"""What the Mini App tests share: signed initData for a bot, the function under test, and table snapshots."""
+"""What the Mini App tests share: signed initData for a bot and the function under test."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
@@ -16,18 +15,6 @@ from planbus.initdata import sign_init_data
 MAIN = Path(__file__).resolve().parents[1] / "functions" / "main.py"
 BOT_TOKEN = "7000000001:AAFtestTOKENforPLANBUSsignINchecks_0"
 JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
-
-# Every table a request could touch: a hostile request must leave all of them exactly as they were.
-SNAPSHOT_TABLES = (
-    "public.leads",
-    "public.plan_requests",
-    "public.reminders",
-    "public.telegram_users",
-    "planbus_private.plan_request_errors",
-    "planbus_private.settings",
-    "planbus_private.telegram_outbox",
-    "planbus_private.daily_plan_request_counts",
-)
 
 
 def client(target: str) -> FlaskClient:
@@ -49,13 +36,3 @@ def init_data(
         "auth_date": str(int(time.time() if auth_date is None else auth_date)),
     }
     return sign_init_data(fields, bot_token)
-
-
-def snapshot(conn: psycopg.Connection[dict[str, Any]]) -> dict[str, list[str]]:
-    """Every row of every table a request could touch, as sorted text, to compare before and after."""
-    rows: dict[str, list[str]] = {}
-    for table in SNAPSHOT_TABLES:
-        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS found", (table,)).fetchone()
-        if found and found["found"]:
-            rows[table] = sorted(r["row"] for r in conn.execute(f"SELECT t::text AS row FROM {table} t"))
-    return rows

@@ -34,6 +34,7 @@ TABLES = (
     "planbus_private.plan_request_errors",
     "planbus_private.settings",
     "planbus_private.telegram_outbox",
+    "planbus_private.daily_plan_request_counts",
 )
 
 

@@ -21,8 +21,9 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mini_app import BOT_TOKEN, JWT_SECRET, client, init_data, snapshot
+from mini_app import BOT_TOKEN, JWT_SECRET, client, init_data
 from planbus.initdata import sign_init_data
+from rls import snapshot
 
 Sql = psycopg.Connection[dict[str, Any]]
 SECRET = "hostile-input-webhook-secret-0123456789"

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from mini_app import BOT_TOKEN, JWT_SECRET, client, init_data, snapshot
-from rls import Caller, run_as
+from mini_app import BOT_TOKEN, JWT_SECRET, client, init_data
+from rls import Caller, run_as, snapshot
 
 Sql = psycopg.Connection[dict[str, Any]]
 ADA, BOB = 1001, 1002

@@ -37,6 +37,7 @@ OWNER = {"A": "A", "B": "B", "M": "M", "F": None, "anon": None}
 # Whose lead a caller without a lead of its own tries to use.
 TARGET = {"A": "A", "B": "B", "M": "M", "F": "A", "anon": "A"}
 OTHER = {"A": "B", "B": "A", "M": "A", "F": "B", "anon": "B"}
+COUNTS = "planbus_private.daily_plan_request_counts"
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,14 @@ def test_a_caller_may_insert_a_pending_request_only_for_its_own_lead(
         assert str(created["id"]) == values["id"]
     after = snapshot(rolled_back)
     assert len(after["public.plan_requests"]) == len(before["public.plan_requests"]) + 1
-    assert {k: v for k, v in after.items() if k != "public.plan_requests"} == {
-        k: v for k, v in before.items() if k != "public.plan_requests"
+    # The accepted insert counts against its Telegram user's daily limit (the limit: test_daily_limit.py).
+    today = rolled_back.execute("SELECT (now() AT TIME ZONE 'UTC')::date AS day").fetchone()
+    assert today is not None
+    assert before[COUNTS] == []
+    assert after[COUNTS] == [(TG[target], today["day"], 1)]
+    changed = {"public.plan_requests", COUNTS}
+    assert {k: v for k, v in after.items() if k not in changed} == {
+        k: v for k, v in before.items() if k not in changed
     }
 
 
