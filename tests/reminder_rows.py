@@ -1,12 +1,15 @@
-"""Arranging reminders for the send_due_reminders tests, and the fake Telegram endpoint they talk to.
+"""Arranging and reading reminders for the reminder tests, and the fake Telegram endpoint they talk to.
 
 `add_plan` writes what planbus_complete_request leaves behind (a completed request that is the lead's
-current plan, and its scheduled reminders) straight into the tables, so each test can set due times.
+current plan, and its scheduled reminders) straight into the tables, so each test can set due times
+(`make_plan` in conftest gets there through the state machine). `claim` and `expire` act as a sender does
+and as time does.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,6 +17,7 @@ import psycopg
 import respx
 from psycopg.types.json import Jsonb
 
+from planbus.db.postgres import PostgresDatabase
 from planbus.telegram import RateLimiter, TelegramSender
 
 TOKEN = "123456:SECRET-bot-token"
@@ -22,6 +26,7 @@ SEND_URL = f"{BASE}/bot{TOKEN}/sendMessage"
 
 Row = dict[str, Any]
 Sql = psycopg.Connection[dict[str, Any]]
+MakePlan = Callable[..., list[str]]  # the make_plan fixture
 
 
 def add_plan(
@@ -64,6 +69,19 @@ def reminder(sql: Sql, reminder_id: Any) -> Row:
     row = sql.execute("SELECT * FROM reminders WHERE id = %s", (reminder_id,)).fetchone()
     assert row is not None
     return row
+
+
+def claim(db: PostgresDatabase, limit: int = 10, lease: int = 60) -> list[Row]:
+    """Claim due reminders as a sender does: at most `limit`, leased for `lease` seconds."""
+    claimed: list[Row] = db.call("planbus_claim_due_reminders", p_limit=limit, p_lease_seconds=lease)
+    return claimed
+
+
+def expire(sql: Sql, reminder_id: Any) -> None:
+    """Let the lease on an in-flight reminder run out, as if its sender had died."""
+    sql.execute(
+        "UPDATE reminders SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [reminder_id]
+    )
 
 
 def sent_messages(route: respx.Route) -> list[tuple[int, str]]:

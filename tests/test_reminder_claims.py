@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import respx
@@ -12,20 +12,24 @@ from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError
 from planbus.services.reminders import reminder_message, send_due_reminders
 from planbus.settings import Settings
-from reminder_rows import SEND_URL, Sql, add_plan, fast_sender, ok, reminder, sent_messages
+from reminder_rows import (
+    SEND_URL,
+    MakePlan,
+    Sql,
+    add_plan,
+    claim,
+    expire,
+    fast_sender,
+    ok,
+    reminder,
+    sent_messages,
+)
 
 
 @pytest.fixture
 def telegram() -> Iterator[respx.MockRouter]:
     with respx.mock(assert_all_called=False) as router:
         yield router
-
-
-def claim(db: PostgresDatabase, limit: int = 30) -> list[dict[str, object]]:
-    claimed: list[dict[str, object]] = db.call(
-        "planbus_claim_due_reminders", p_limit=limit, p_lease_seconds=60
-    )
-    return claimed
 
 
 def test_reminders_of_a_replaced_plan_are_cancelled_not_sent(
@@ -36,10 +40,8 @@ def test_reminders_of_a_replaced_plan_are_cancelled_not_sent(
     in_flight, retried = old["reminders"]
     # Both were in flight when a newer plan was completed, which cancels only scheduled reminders. Since
     # then one came back to 'scheduled' after a failed attempt; the other's sender died and its lease ran out.
-    assert [r["id"] for r in claim(db)] == [str(in_flight["id"])]
-    sql.execute(
-        "UPDATE reminders SET lease_expires_at = now() - interval '1 s' WHERE id = %s", (in_flight["id"],)
-    )
+    assert [r["id"] for r in claim(db, limit=30)] == [str(in_flight["id"])]
+    expire(sql, in_flight["id"])
     new = add_plan(sql, lead=old["lead"], steps=(("New step", -1),))
 
     counts = send_due_reminders(db, fast_sender(), SystemClock(), settings=Settings())
@@ -59,7 +61,7 @@ def test_a_cancelled_in_flight_reminder_cannot_be_put_back_by_its_sender(
     db: PostgresDatabase, sql: Sql
 ) -> None:
     plan = add_plan(sql)
-    [claimed] = claim(db)
+    [claimed] = claim(db, limit=30)
     cancelled = db.call("planbus_cancel_lead_reminders", p_lead_id=plan["lead"]["id"], p_reason="lead closed")
     assert cancelled == {"cancelled": 1}
 
@@ -82,7 +84,7 @@ def test_a_claim_takes_one_reminder_per_chat_the_earliest_first(db: PostgresData
     busy = add_plan(sql, telegram_id=1, steps=(("b0", -300), ("b1", -200), ("b2", -100)))
     quiet = add_plan(sql, telegram_id=2, full_name="Grace Hopper", steps=(("q0", -50),))
 
-    first = claim(db)
+    first = claim(db, limit=30)
 
     assert {r["id"] for r in first} == {str(busy["reminders"][0]["id"]), str(quiet["reminders"][0]["id"])}
 
@@ -91,8 +93,8 @@ def test_a_chat_with_a_reminder_in_flight_gets_no_other_until_it_is_recorded(
     db: PostgresDatabase, sql: Sql
 ) -> None:
     busy = add_plan(sql, telegram_id=1, steps=(("b0", -300), ("b1", -200)))
-    [held] = claim(db)
-    assert claim(db) == []
+    [held] = claim(db, limit=30)
+    assert claim(db, limit=30) == []
 
     db.call(
         "planbus_mark_reminder_sent",
@@ -102,7 +104,7 @@ def test_a_chat_with_a_reminder_in_flight_gets_no_other_until_it_is_recorded(
         p_message="b0",
     )
 
-    assert [r["id"] for r in claim(db)] == [str(busy["reminders"][1]["id"])]
+    assert [r["id"] for r in claim(db, limit=30)] == [str(busy["reminders"][1]["id"])]
 
 
 def test_a_claim_with_nonsense_arguments_is_refused(db: PostgresDatabase, sql: Sql) -> None:
@@ -115,17 +117,14 @@ def test_a_claim_with_nonsense_arguments_is_refused(db: PostgresDatabase, sql: S
 
 
 def test_a_reminder_whose_sending_never_finishes_fails_after_max_attempts(
-    db: PostgresDatabase, sql: Sql, make_plan: Callable[..., list[str]]
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [reminder_id] = make_plan(steps=1)
     for attempt in (1, 2):
         [claimed] = db.call("planbus_claim_due_reminders", p_limit=5, p_lease_seconds=60, p_max_attempts=2)
         assert claimed["attempt"] == attempt
         # The sender dies: its lease runs out with the reminder still in flight.
-        sql.execute(
-            "UPDATE reminders SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
-            (reminder_id,),
-        )
+        expire(sql, reminder_id)
     assert db.call("planbus_claim_due_reminders", p_limit=5, p_lease_seconds=60, p_max_attempts=2) == []
     row = sql.execute(
         "SELECT status, attempts, error FROM reminders WHERE id = %s", (reminder_id,)

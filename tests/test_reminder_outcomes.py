@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,33 +11,11 @@ import pytest
 
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError
-
-Row = dict[str, Any]
-Conn = psycopg.Connection[dict[str, Any]]
-MakePlan = Callable[..., list[str]]
-
-
-def claim(db: PostgresDatabase, limit: int = 10, lease: int = 60) -> list[dict[str, Any]]:
-    claimed: list[dict[str, Any]] = db.call(
-        "planbus_claim_due_reminders", p_limit=limit, p_lease_seconds=lease
-    )
-    return claimed
-
-
-def reminder(sql: Conn, reminder_id: str) -> Row:
-    found = sql.execute("SELECT * FROM reminders WHERE id = %s", [reminder_id]).fetchone()
-    assert found is not None
-    return found
-
-
-def expire(sql: Conn, reminder_id: str) -> None:
-    sql.execute(
-        "UPDATE reminders SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [reminder_id]
-    )
+from reminder_rows import MakePlan, Sql, claim, expire, reminder
 
 
 def test_a_reminder_sent_over_telegram_is_recorded_as_such(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     claim(db)
@@ -57,7 +34,7 @@ def test_a_reminder_sent_over_telegram_is_recorded_as_such(
 
 
 def test_a_reminder_delivered_to_the_outbox_is_kept_and_announced(
-    db: PostgresDatabase, sql: Conn, database_url: str, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, database_url: str, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1, telegram_id=777)
     claim(db)
@@ -84,7 +61,7 @@ def test_a_reminder_delivered_to_the_outbox_is_kept_and_announced(
 
 
 def test_a_long_outbox_message_is_kept_whole_and_announced_shortened(
-    db: PostgresDatabase, sql: Conn, database_url: str, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, database_url: str, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     claim(db)
@@ -102,7 +79,7 @@ def test_a_long_outbox_message_is_kept_whole_and_announced_shortened(
 
 
 def test_an_outbox_delivery_without_a_message_keeps_the_reminder_text(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     claim(db)
@@ -113,7 +90,7 @@ def test_an_outbox_delivery_without_a_message_keeps_the_reminder_text(
 
 
 def test_an_unknown_delivery_channel_is_refused_and_changes_nothing(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     claim(db)
@@ -136,7 +113,7 @@ def retry(db: PostgresDatabase, rid: str, attempt: int, *, counts: bool, max_att
 
 
 def test_a_retried_reminder_waits_its_delay_and_fails_after_max_attempts(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     for attempt in (1, 2):
@@ -158,7 +135,7 @@ def test_a_retried_reminder_waits_its_delay_and_fails_after_max_attempts(
 
 
 def test_a_rate_limited_reminder_gives_its_attempt_back_and_never_fails_for_it(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     for _ in range(5):
@@ -170,7 +147,7 @@ def test_a_rate_limited_reminder_gives_its_attempt_back_and_never_fails_for_it(
 
 
 def test_a_sender_taken_over_stays_fenced_after_the_next_one_gives_its_attempt_back(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     claim(db)  # sender A: attempt 1, then freezes
@@ -187,7 +164,7 @@ def test_a_sender_taken_over_stays_fenced_after_the_next_one_gives_its_attempt_b
 
 
 def test_a_permanently_failed_reminder_keeps_its_reason(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     claim(db)
@@ -206,7 +183,7 @@ def test_a_permanently_failed_reminder_keeps_its_reason(
 
 
 def test_cancelling_a_leads_reminders_leaves_other_leads_and_sent_ones_alone(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     mine = make_plan(3, telegram_id=1, days=1)
     theirs = make_plan(2, telegram_id=2, days=1)

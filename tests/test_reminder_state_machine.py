@@ -3,40 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 
 from planbus.db.postgres import PostgresDatabase
-
-Row = dict[str, Any]
-Conn = psycopg.Connection[dict[str, Any]]
-MakePlan = Callable[..., list[str]]
-
-
-def claim(db: PostgresDatabase, limit: int = 10, lease: int = 60) -> list[dict[str, Any]]:
-    claimed: list[dict[str, Any]] = db.call(
-        "planbus_claim_due_reminders", p_limit=limit, p_lease_seconds=lease
-    )
-    return claimed
-
-
-def reminder(sql: Conn, reminder_id: str) -> Row:
-    found = sql.execute("SELECT * FROM reminders WHERE id = %s", [reminder_id]).fetchone()
-    assert found is not None
-    return found
-
-
-def expire(sql: Conn, reminder_id: str) -> None:
-    sql.execute(
-        "UPDATE reminders SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [reminder_id]
-    )
+from reminder_rows import MakePlan, Sql, claim, expire, reminder
 
 
 def test_due_reminders_are_claimed_with_what_the_message_needs(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [due] = make_plan(1, telegram_id=555)
     [claimed] = claim(db)
@@ -55,7 +31,7 @@ def test_due_reminders_are_claimed_with_what_the_message_needs(
 
 
 def test_future_cancelled_and_sent_reminders_are_not_claimed(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     make_plan(1, telegram_id=1, days=1)
     [cancelled] = make_plan(1, telegram_id=2)
@@ -110,7 +86,7 @@ def test_concurrent_claimers_never_share_a_reminder(database_url: str, make_plan
 
 
 def test_an_expired_lease_is_claimed_again_and_the_old_sender_can_no_longer_record(
-    db: PostgresDatabase, sql: Conn, make_plan: MakePlan
+    db: PostgresDatabase, sql: Sql, make_plan: MakePlan
 ) -> None:
     [rid] = make_plan(1)
     claim(db)
