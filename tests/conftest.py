@@ -12,8 +12,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 
+from mini_app import BOT_TOKEN, JWT_SECRET, client
 from planbus import bootstrap
 from planbus.db.postgres import PostgresDatabase
 from planbus.embedded import EmbeddedPostgres
@@ -198,3 +200,12 @@ def make_plan(
         return [str(r["id"]) for r in rows]
 
     return make
+
+
+@pytest.fixture
+def auth(monkeypatch: pytest.MonkeyPatch, database_url: str) -> FlaskClient:
+    """telegram_auth as a test client, configured with the test bot's token and the JWT secret."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", JWT_SECRET)
+    return client("telegram_auth")

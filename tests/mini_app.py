@@ -1,4 +1,5 @@
-"""What the Mini App tests share: signed initData for a bot and the function under test."""
+"""What the Mini App tests share: signed initData for a bot, the function under test, and the check
+PostgREST makes of the token telegram_auth issues."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
@@ -36,3 +38,9 @@ def init_data(
         "auth_date": str(int(time.time() if auth_date is None else auth_date)),
     }
     return sign_init_data(fields, bot_token)
+
+
+def as_postgrest(token: str) -> dict[str, Any]:
+    """What PostgREST does with a bearer token: verify it (HS256, project secret, audience) or refuse it."""
+    claims: dict[str, Any] = jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="authenticated")
+    return claims

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from mini_app import BOT_TOKEN, JWT_SECRET, client, init_data
+from mini_app import JWT_SECRET, as_postgrest, init_data
 from rls import Caller, run_as, snapshot
 
 Sql = psycopg.Connection[dict[str, Any]]
@@ -25,23 +25,9 @@ NEW_REQUEST = (
 )
 
 
-def as_postgrest(token: str) -> dict[str, Any]:
-    """What PostgREST does with a bearer token: verify it (HS256, project secret, audience) or refuse it."""
-    claims: dict[str, Any] = jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="authenticated")
-    return claims
-
-
 def reminted(claims: dict[str, Any]) -> dict[str, Any]:
     """The claims left after a gateway re-mints the token: no custom claims survive."""
     return {"sub": claims["sub"], "email": None, "role": claims["role"], "aud": "authenticated"}
-
-
-@pytest.fixture
-def auth(monkeypatch: pytest.MonkeyPatch, database_url: str) -> FlaskClient:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN)
-    monkeypatch.setenv("SUPABASE_JWT_SECRET", JWT_SECRET)
-    return client("telegram_auth")
 
 
 def token_for(auth: FlaskClient, telegram_id: int) -> str:

@@ -13,28 +13,14 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from mini_app import BOT_TOKEN, JWT_SECRET, client, init_data
+from mini_app import BOT_TOKEN, as_postgrest, init_data
 from rls import snapshot
 
 Sql = psycopg.Connection[dict[str, Any]]
 
 
-@pytest.fixture
-def auth(monkeypatch: pytest.MonkeyPatch, database_url: str) -> FlaskClient:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN)
-    monkeypatch.setenv("SUPABASE_JWT_SECRET", JWT_SECRET)
-    return client("telegram_auth")
-
-
 def sign_in(auth: FlaskClient, data: str) -> Any:
     return auth.post("/", json={"init_data": data})
-
-
-def decode(token: str) -> dict[str, Any]:
-    """Verify the token as PostgREST does: HS256 with the project's secret, audience `authenticated`."""
-    claims: dict[str, Any] = jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="authenticated")
-    return claims
 
 
 def test_valid_initdata_gets_a_token_postgrest_accepts_for_that_user(auth: FlaskClient, sql: Sql) -> None:
@@ -44,7 +30,7 @@ def test_valid_initdata_gets_a_token_postgrest_accepts_for_that_user(auth: Flask
     body = response.get_json()
     assert set(body) == {"access_token", "expires_at", "telegram_id"}
     assert body["telegram_id"] == 279058397
-    claims = decode(body["access_token"])
+    claims = as_postgrest(body["access_token"])
     user = sql.execute("SELECT * FROM telegram_users WHERE telegram_id = 279058397").fetchone()
     assert user is not None
     assert (user["username"], user["first_name"], user["last_name"]) == ("ada", "Ada", "L")
@@ -62,14 +48,14 @@ def test_the_token_lives_as_long_as_access_token_ttl(
     auth: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ACCESS_TOKEN_TTL", "600")
-    claims = decode(sign_in(auth, init_data()).get_json()["access_token"])
+    claims = as_postgrest(sign_in(auth, init_data()).get_json()["access_token"])
     assert claims["exp"] - claims["iat"] == 600
 
 
 def test_a_user_keeps_the_same_uuid_across_sign_ins_and_name_changes(auth: FlaskClient, sql: Sql) -> None:
-    first = decode(sign_in(auth, init_data(42, username="old")).get_json()["access_token"])
-    again = decode(sign_in(auth, init_data(42, username="old")).get_json()["access_token"])
-    renamed = decode(sign_in(auth, init_data(42, username="new")).get_json()["access_token"])
+    first = as_postgrest(sign_in(auth, init_data(42, username="old")).get_json()["access_token"])
+    again = as_postgrest(sign_in(auth, init_data(42, username="old")).get_json()["access_token"])
+    renamed = as_postgrest(sign_in(auth, init_data(42, username="new")).get_json()["access_token"])
     assert first["sub"] == again["sub"] == renamed["sub"]
     rows = sql.execute("SELECT user_id::text AS user_id, username FROM telegram_users").fetchall()
     assert rows == [{"user_id": first["sub"], "username": "new"}]
@@ -85,13 +71,13 @@ def test_a_repeat_sign_in_with_unchanged_names_writes_nothing(auth: FlaskClient,
 def test_an_existing_mapping_is_kept_rather_than_replaced(auth: FlaskClient, sql: Sql) -> None:
     existing = "0b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"
     sql.execute("INSERT INTO telegram_users (user_id, telegram_id) VALUES (%s, 42)", (existing,))
-    claims = decode(sign_in(auth, init_data(42)).get_json()["access_token"])
+    claims = as_postgrest(sign_in(auth, init_data(42)).get_json()["access_token"])
     assert claims["sub"] == existing
 
 
 def test_users_get_different_uuids(auth: FlaskClient) -> None:
-    a = decode(sign_in(auth, init_data(1)).get_json()["access_token"])
-    b = decode(sign_in(auth, init_data(2)).get_json()["access_token"])
+    a = as_postgrest(sign_in(auth, init_data(1)).get_json()["access_token"])
+    b = as_postgrest(sign_in(auth, init_data(2)).get_json()["access_token"])
     assert a["sub"] != b["sub"]
 
 
@@ -106,7 +92,7 @@ def test_simultaneous_first_sign_ins_of_one_user_agree_on_one_uuid(auth: FlaskCl
             start.wait(timeout=10)
             response = sign_in(auth, data)
             assert response.status_code == 200, response.get_json()
-            subs.append(decode(response.get_json()["access_token"])["sub"])
+            subs.append(as_postgrest(response.get_json()["access_token"])["sub"])
         except BaseException as exc:  # reported below, in the test's own thread
             failures.append(exc)
 
