@@ -21,7 +21,9 @@ JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 
 def client(target: str) -> FlaskClient:
     """The deployed target served by functions-framework, as a test client."""
-    return create_app(target, str(MAIN)).test_client()
+    app = create_app(target, str(MAIN))  # type: ignore[no-untyped-call]
+    test_client: FlaskClient = app.test_client()
+    return test_client
 
 
 def init_data(

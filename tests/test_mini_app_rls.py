@@ -204,7 +204,7 @@ def test_postgrest_refuses_a_token_not_signed_with_the_project_secret(auth: Flas
     )
     with pytest.raises(jwt.InvalidSignatureError):
         as_postgrest(forged)
-    unsigned = jwt.encode({**claims, "telegram_id": BOB}, None, "none")
+    unsigned = jwt.encode({**claims, "telegram_id": BOB}, None, "none")  # type: ignore[arg-type]
     with pytest.raises(jwt.InvalidAlgorithmError):
         as_postgrest(unsigned)
 
