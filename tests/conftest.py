@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+import respx
 from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 
@@ -209,3 +210,10 @@ def auth(monkeypatch: pytest.MonkeyPatch, database_url: str) -> FlaskClient:
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN)
     monkeypatch.setenv("SUPABASE_JWT_SECRET", JWT_SECRET)
     return client("telegram_auth")
+
+
+@pytest.fixture
+def telegram() -> Iterator[respx.MockRouter]:
+    """Telegram's Bot API mocked at the transport; each test adds the routes it answers."""
+    with respx.mock(assert_all_called=False) as router:
+        yield router

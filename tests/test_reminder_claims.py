@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import respx
 
@@ -24,12 +22,6 @@ from reminder_rows import (
     reminder,
     sent_messages,
 )
-
-
-@pytest.fixture
-def telegram() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
-        yield router
 
 
 def test_reminders_of_a_replaced_plan_are_cancelled_not_sent(

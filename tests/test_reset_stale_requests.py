@@ -10,11 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import flask.testing
-import functions_framework
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+import mini_app
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
 from planbus.llm import make_generator
@@ -35,7 +35,7 @@ def app_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
 
 
 def client() -> flask.testing.FlaskClient:
-    return functions_framework.create_app("reset_stale_requests", "functions/main.py").test_client()
+    return mini_app.client("reset_stale_requests")
 
 
 def call(body: Any = None, headers: dict[str, str] | None = None) -> Any:

@@ -6,7 +6,6 @@ Real PostgreSQL; Telegram faked at the HTTP transport with respx, asserting the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,12 +31,6 @@ from reminder_rows import (
     reminder,
     sent_messages,
 )
-
-
-@pytest.fixture
-def telegram() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
-        yield router
 
 
 def test_429_reschedules_after_retry_after_without_an_attempt_and_the_rest_of_the_batch_backs_off(

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import flask.testing
-import functions_framework
 import pytest
 import respx
 
+import mini_app
 from planbus.db.postgres import PostgresDatabase
 from reminder_rows import BASE, SEND_URL, TOKEN, Sql, add_plan, ok, refusal, reminder, sent_messages
 
 SECRET = "scheduler-secret"
 ADA = "Reminder: Ada Lovelace (Analytical Engines)\nStep 1 of the engagement plan\n\nSend the proposal"
-
-
-@pytest.fixture
-def telegram() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
-        yield router
 
 
 @pytest.fixture
@@ -37,7 +30,7 @@ def bot(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def client() -> flask.testing.FlaskClient:
-    return functions_framework.create_app("send_due_reminders", "functions/main.py").test_client()
+    return mini_app.client("send_due_reminders")
 
 
 def call(body: Any = None, headers: dict[str, str] | None = None) -> Any:
