@@ -69,15 +69,36 @@ def webhook_overdue(sql: Sql, request: Row, seconds: float) -> None:
     )
 
 
+@pytest.fixture
+def stale_request(
+    db: PostgresDatabase, sql: Sql, make_lead: Callable[..., Row], make_request: Callable[..., Row]
+) -> Callable[..., Row]:
+    """Makes a new lead's request that a worker claimed for its `attempts`-th time and whose lease ran out."""
+
+    def make(*, attempts: int = 1, **lead: Any) -> Row:
+        return claimed(sql, db, make_request(make_lead(**lead)), attempts=attempts, lease_in=-1)
+
+    return make
+
+
+@pytest.fixture
+def lost_request(
+    sql: Sql, make_lead: Callable[..., Row], make_request: Callable[..., Row]
+) -> Callable[..., Row]:
+    """Makes a new lead's pending request whose webhook is `overdue` seconds late; returns it as stored."""
+
+    def make(*, overdue: float = 120, **lead: Any) -> Row:
+        request = make_request(make_lead(**lead))
+        webhook_overdue(sql, request, overdue)
+        return request_row(sql, request["id"])
+
+    return make
+
+
 def test_an_expired_lease_is_reset_and_the_request_then_processed(
-    app_env: None,
-    db: PostgresDatabase,
-    sql: Sql,
-    make_lead: Callable[..., Row],
-    make_request: Callable[..., Row],
+    app_env: None, sql: Sql, stale_request: Callable[..., Row]
 ) -> None:
-    request = make_request(make_lead())
-    claimed(sql, db, request, attempts=1, lease_in=-1)
+    request = stale_request(attempts=1)
 
     response = call()
 
@@ -95,14 +116,9 @@ def test_an_expired_lease_is_reset_and_the_request_then_processed(
 
 
 def test_a_stale_request_out_of_attempts_fails_with_a_clear_error(
-    app_env: None,
-    db: PostgresDatabase,
-    sql: Sql,
-    make_lead: Callable[..., Row],
-    make_request: Callable[..., Row],
+    app_env: None, sql: Sql, stale_request: Callable[..., Row]
 ) -> None:
-    request = make_request(make_lead())
-    claimed(sql, db, request, attempts=3, lease_in=-1)
+    request = stale_request(attempts=3)
 
     answer = call().get_json()
 
@@ -130,11 +146,9 @@ def test_rows_still_within_their_lease_and_fresh_pending_rows_are_untouched(
 
 
 def test_a_request_whose_webhook_was_lost_is_processed_by_the_sweeper(
-    app_env: None, sql: Sql, make_lead: Callable[..., Row], make_request: Callable[..., Row]
+    app_env: None, sql: Sql, lost_request: Callable[..., Row]
 ) -> None:
-    lead = make_lead(full_name="Ada Lovelace", company="Analytical Engines")
-    request = make_request(lead)
-    webhook_overdue(sql, request, 120)
+    request = lost_request(overdue=120, full_name="Ada Lovelace", company="Analytical Engines")
 
     answer = call().get_json()
 
@@ -143,7 +157,7 @@ def test_a_request_whose_webhook_was_lost_is_processed_by_the_sweeper(
     assert (row["status"], row["attempts"]) == ("completed", 1)
     assert row["result"]["generator"] == "offline"
     assert sql.execute(
-        "SELECT plan_request_id, status FROM leads WHERE id = %s", (lead["id"],)
+        "SELECT plan_request_id, status FROM leads WHERE id = %s", (request["lead_id"],)
     ).fetchone() == {
         "plan_request_id": request["id"],
         "status": "plan_ready",
@@ -155,12 +169,10 @@ def test_a_request_whose_webhook_was_lost_is_processed_by_the_sweeper(
 
 
 def test_lost_requests_are_taken_oldest_first_up_to_the_limit(
-    app_env: None, sql: Sql, make_lead: Callable[..., Row], make_request: Callable[..., Row]
+    app_env: None, sql: Sql, lost_request: Callable[..., Row]
 ) -> None:
-    older = make_request(make_lead(full_name="Older"))
-    newer = make_request(make_lead(full_name="Newer"))
-    webhook_overdue(sql, older, 600)
-    webhook_overdue(sql, newer, 300)
+    older = lost_request(overdue=600, full_name="Older")
+    newer = lost_request(overdue=300, full_name="Newer")
 
     answer = call({"limit": 1}).get_json()
 
@@ -170,11 +182,9 @@ def test_lost_requests_are_taken_oldest_first_up_to_the_limit(
 
 
 def test_concurrent_sweepers_process_each_lost_request_once(
-    database_url: str, sql: Sql, make_lead: Callable[..., Row], make_request: Callable[..., Row]
+    database_url: str, sql: Sql, lost_request: Callable[..., Row]
 ) -> None:
-    requests = [make_request(make_lead(telegram_id=100 + i, full_name=f"Lead {i}")) for i in range(6)]
-    for request in requests:
-        webhook_overdue(sql, request, 120)
+    requests = [lost_request(overdue=120, telegram_id=100 + i, full_name=f"Lead {i}") for i in range(6)]
     settings = Settings(plan_generator="offline")
     outcomes: list[dict[str, int]] = []
     errors: list[BaseException] = []
@@ -207,10 +217,9 @@ def test_concurrent_sweepers_process_each_lost_request_once(
 
 
 def test_nothing_is_taken_on_once_the_time_budget_is_spent(
-    db: PostgresDatabase, sql: Sql, make_lead: Callable[..., Row], make_request: Callable[..., Row]
+    db: PostgresDatabase, sql: Sql, lost_request: Callable[..., Row]
 ) -> None:
-    request = make_request(make_lead())
-    webhook_overdue(sql, request, 120)
+    request = lost_request(overdue=120)
     settings = Settings(plan_generator="offline", function_budget_seconds=1e-9)
 
     counts = reset_stale_requests(db, make_generator(settings), SystemClock(), settings=settings)
@@ -281,16 +290,13 @@ def test_pruning_removes_only_what_is_past_retention(
 )
 def test_a_missing_or_wrong_secret_is_401_and_nothing_changes(
     app_env: None,
-    db: PostgresDatabase,
     sql: Sql,
-    make_lead: Callable[..., Row],
-    make_request: Callable[..., Row],
+    stale_request: Callable[..., Row],
+    lost_request: Callable[..., Row],
     headers: dict[str, str],
 ) -> None:
-    stale = claimed(sql, db, make_request(make_lead(full_name="Stale")), attempts=1, lease_in=-1)
-    lost = make_request(make_lead(full_name="Lost"))
-    webhook_overdue(sql, lost, 120)
-    lost = request_row(sql, lost["id"])
+    stale = stale_request(attempts=1, full_name="Stale")
+    lost = lost_request(overdue=120, full_name="Lost")
 
     response = call(headers=headers)
 
@@ -301,14 +307,9 @@ def test_a_missing_or_wrong_secret_is_401_and_nothing_changes(
 
 @pytest.mark.parametrize("body", ['{"limit": 0}', '{"limit": 20000}', '{"max": 1}', "{"])
 def test_a_bad_body_is_400_and_nothing_changes(
-    app_env: None,
-    db: PostgresDatabase,
-    sql: Sql,
-    make_lead: Callable[..., Row],
-    make_request: Callable[..., Row],
-    body: str,
+    app_env: None, sql: Sql, stale_request: Callable[..., Row], body: str
 ) -> None:
-    stale = claimed(sql, db, make_request(make_lead()), attempts=1, lease_in=-1)
+    stale = stale_request(attempts=1)
     response = client().post("/", data=body, headers={"Authorization": f"Bearer {SECRET}"})
     assert response.status_code == 400
     assert "limit" in response.get_json()["error"]
