@@ -7,28 +7,27 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import functions_framework
 import httpx2
 import psycopg
 import pytest
 from flask.testing import FlaskClient
 
+import mini_app
 from openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
 from planbus import llm
 from planbus.models import PlanResult
 from planbus.settings import Settings
+from request_rows import request_row
 
 Row = dict[str, Any]
-MAIN = str(Path(__file__).resolve().parents[1] / "functions" / "main.py")
 SECRET = "webhook-secret-for-tests"
 HEADERS = {"X-Webhook-Secret": SECRET}
 
 
 def make_client() -> FlaskClient:
-    return functions_framework.create_app("handle_plan_request", MAIN).test_client()
+    return mini_app.client("handle_plan_request")
 
 
 @pytest.fixture
@@ -80,12 +79,6 @@ def state(sql: psycopg.Connection[Row]) -> dict[str, Any]:
         table: sql.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
         for table in ("plan_requests", "leads", "reminders", "planbus_private.plan_request_errors")
     }
-
-
-def request_row(sql: psycopg.Connection[Row], request_id: Any) -> Row:
-    row = sql.execute("SELECT * FROM plan_requests WHERE id = %s", (request_id,)).fetchone()
-    assert row is not None
-    return row
 
 
 def reminder_count(sql: psycopg.Connection[Row], request_id: Any) -> int:

@@ -21,6 +21,7 @@ from planbus.llm.offline import MODEL, OfflineGenerator, offline_plan
 from planbus.models import GeneratorName, LeadFacts, Plan, PlanResult
 from planbus.services.plan_requests import RequestOutcome, process_plan_request
 from planbus.settings import Settings
+from request_rows import error_history, request_row
 
 Row = dict[str, Any]
 SETTINGS = Settings(lease_seconds=120, openai_timeout=60, max_attempts=3, reminder_hour=10)
@@ -66,24 +67,10 @@ class BlockingGenerator:
         return self.outcome
 
 
-def request_row(sql: psycopg.Connection[Row], request_id: Any) -> Row:
-    row = sql.execute("SELECT * FROM plan_requests WHERE id = %s", (request_id,)).fetchone()
-    assert row is not None
-    return row
-
-
 def reminders_of(sql: psycopg.Connection[Row], request_id: Any) -> list[Row]:
     return sql.execute(
         "SELECT * FROM reminders WHERE plan_request_id = %s ORDER BY step_index", (request_id,)
     ).fetchall()
-
-
-def error_history(sql: psycopg.Connection[Row], request_id: Any) -> list[tuple[int, str]]:
-    rows = sql.execute(
-        "SELECT attempt, message FROM planbus_private.plan_request_errors WHERE request_id = %s ORDER BY id",
-        (request_id,),
-    ).fetchall()
-    return [(row["attempt"], row["message"]) for row in rows]
 
 
 @pytest.fixture

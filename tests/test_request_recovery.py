@@ -11,6 +11,7 @@ import pytest
 
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError
+from request_rows import error_history, expire_lease
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[dict[str, Any]]
@@ -54,18 +55,12 @@ def test_expired_leases_go_back_to_pending_and_live_ones_are_untouched(
     stale, live = make_request(make_lead()), make_request(make_lead(telegram_id=2))
     claim(db, stale["id"])
     claim(db, live["id"])
-    sql.execute(
-        "UPDATE plan_requests SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [stale["id"]]
-    )
+    expire_lease(sql, stale["id"])
 
     assert db.call("planbus_reset_stale_requests", p_max_attempts=3) == {"reset": 1, "failed": 0}
     assert status_of(sql, stale["id"]) == ("pending", 1, None)
     assert status_of(sql, live["id"]) == ("processing", 1, None)
-    history = sql.execute(
-        "SELECT attempt, message FROM planbus_private.plan_request_errors WHERE request_id = %s",
-        [stale["id"]],
-    ).fetchall()
-    assert history == [{"attempt": 1, "message": "lease expired during attempt 1"}]
+    assert error_history(sql, stale["id"]) == [(1, "lease expired during attempt 1")]
     # Reset rows are claimable at once, and the sweeper finds them.
     assert db.call("planbus_find_lost_requests", p_grace_seconds=3600, p_limit=10) == [str(stale["id"])]
     assert claim(db, stale["id"]) == 2
@@ -77,10 +72,7 @@ def test_an_expired_lease_on_the_last_attempt_fails_the_request_for_good(
     request = make_request(make_lead())
     for _ in range(3):
         claim(db, request["id"])
-        sql.execute(
-            "UPDATE plan_requests SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
-            [request["id"]],
-        )
+        expire_lease(sql, request["id"])
         if _ < 2:
             db.call("planbus_reset_stale_requests", p_max_attempts=3)
     assert db.call("planbus_reset_stale_requests", p_max_attempts=3) == {"reset": 0, "failed": 1}
@@ -97,10 +89,7 @@ def test_reset_skips_a_row_another_transaction_is_holding(
 ) -> None:
     request = make_request(make_lead())
     claim(db, request["id"])
-    sql.execute(
-        "UPDATE plan_requests SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
-        [request["id"]],
-    )
+    expire_lease(sql, request["id"])
     with psycopg.connect(database_url) as holder:
         holder.execute("SELECT 1 FROM plan_requests WHERE id = %s FOR UPDATE", [request["id"]])
         assert db.call("planbus_reset_stale_requests", p_max_attempts=3) == {"reset": 0, "failed": 0}
@@ -114,26 +103,17 @@ def test_lost_requests_are_overdue_first_attempts_and_due_retries_oldest_first(
     overdue_old = make_request(leads[0], run_after=ago(minutes=10), created_at=ago(minutes=10))
     overdue = make_request(leads[1], run_after=ago(minutes=2), created_at=ago(minutes=2))
     make_request(leads[2])  # just inserted: its webhook is on its way
-    retry_due = make_request(leads[3])
-    claim(db, retry_due["id"])
-    db.call(
-        "planbus_fail_request",
-        p_request_id=str(retry_due["id"]),
-        p_attempt=1,
-        p_error="timeout",
-        p_retryable=True,
-        p_max_attempts=3,
-    )
-    retry_waiting = make_request(leads[4])
-    claim(db, retry_waiting["id"])
-    db.call(
-        "planbus_fail_request",
-        p_request_id=str(retry_waiting["id"]),
-        p_attempt=1,
-        p_error="timeout",
-        p_retryable=True,
-        p_max_attempts=3,
-    )
+    retry_due, retry_waiting = make_request(leads[3]), make_request(leads[4])
+    for retry in (retry_due, retry_waiting):
+        assert claim(db, retry["id"]) == 1
+        db.call(
+            "planbus_fail_request",
+            p_request_id=str(retry["id"]),
+            p_attempt=1,
+            p_error="timeout",
+            p_retryable=True,
+            p_max_attempts=3,
+        )
     sql.execute("UPDATE plan_requests SET run_after = %s WHERE id = %s", [ago(minutes=5), retry_due["id"]])
     held = make_request(leads[5], run_after=ago(minutes=30))
     claim(db, held["id"])
@@ -177,14 +157,11 @@ def test_pruning_removes_only_what_is_past_retention(
         "SELECT id, step_index FROM reminders WHERE plan_request_id = %s ORDER BY step_index",
         [old_with_sent_reminders["id"]],
     ).fetchall()
-    sql.execute(
-        "UPDATE reminders SET status = 'sent', delivered_via = 'telegram', sent_at = %s WHERE id = %s",
-        [ago(days=35), sent[0]["id"]],
-    )
-    sql.execute(
-        "UPDATE reminders SET status = 'sent', delivered_via = 'telegram', sent_at = %s WHERE id = %s",
-        [ago(days=2), sent[1]["id"]],
-    )
+    for reminder, sent_at in zip(sent, (ago(days=35), ago(days=2)), strict=True):
+        sql.execute(
+            "UPDATE reminders SET status = 'sent', delivered_via = 'telegram', sent_at = %s WHERE id = %s",
+            [sent_at, reminder["id"]],
+        )
     old_pending = make_request(make_lead(telegram_id=5))
     backdate(sql, "plan_requests", old_pending["id"], updated_at=ago(days=40))
     sql.execute(

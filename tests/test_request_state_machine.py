@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from planbus.db.postgres import PostgresDatabase
+from request_rows import error_history, expire_lease, request_row
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[dict[str, Any]]
@@ -31,14 +32,22 @@ def claim(db: PostgresDatabase, request_id: Any, *, max_attempts: int = MAX_ATTE
     )
 
 
-def fail(db: PostgresDatabase, request_id: Any, attempt: int, error: str, *, retryable: bool) -> Any:
+def fail(
+    db: PostgresDatabase,
+    request_id: Any,
+    attempt: int,
+    error: str,
+    *,
+    retryable: bool,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> Any:
     return db.call(
         "planbus_fail_request",
         p_request_id=str(request_id),
         p_attempt=attempt,
         p_error=error,
         p_retryable=retryable,
-        p_max_attempts=MAX_ATTEMPTS,
+        p_max_attempts=max_attempts,
     )
 
 
@@ -63,30 +72,10 @@ def reminder(step: int, text: str = "follow up", days: int = 1) -> dict[str, Any
     }
 
 
-def row(sql: Conn, request_id: Any) -> Row:
-    found = sql.execute("SELECT * FROM plan_requests WHERE id = %s", [request_id]).fetchone()
-    assert found is not None
-    return found
-
-
-def expire_lease(sql: Conn, request_id: Any) -> None:
-    sql.execute(
-        "UPDATE plan_requests SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [request_id]
-    )
-
-
 def make_retry_due(sql: Conn, request_id: Any) -> None:
     sql.execute(
         "UPDATE plan_requests SET run_after = now() - interval '1 second' WHERE id = %s", [request_id]
     )
-
-
-def errors(sql: Conn, request_id: Any) -> list[tuple[int, str]]:
-    rows = sql.execute(
-        "SELECT attempt, message FROM planbus_private.plan_request_errors WHERE request_id = %s ORDER BY id",
-        [request_id],
-    ).fetchall()
-    return [(r["attempt"], r["message"]) for r in rows]
 
 
 MakeLead = Callable[..., Row]
@@ -113,7 +102,7 @@ def test_claiming_a_pending_request_leases_it_and_returns_the_lead(
     assert answer["attempt"] == 1
     assert answer["request"]["id"] == str(request["id"])
     assert answer["lead"]["company"] == "Analytical Engines"
-    stored = row(sql, request["id"])
+    stored = request_row(sql, request["id"])
     assert (stored["status"], stored["attempts"]) == ("processing", 1)
     lease = stored["lease_expires_at"] - datetime.now(UTC)
     assert timedelta(seconds=LEASE - 5) < lease <= timedelta(seconds=LEASE)
@@ -133,7 +122,7 @@ def test_a_request_held_under_a_live_lease_is_not_claimed_again(
     assert again["claimed"] is False
     assert again["status"] == "processing"
     assert again["reason"].startswith("held by another worker until")
-    assert row(sql, request["id"])["attempts"] == 1
+    assert request_row(sql, request["id"])["attempts"] == 1
 
 
 @pytest.mark.parametrize("final", ["completed", "failed"])
@@ -146,10 +135,10 @@ def test_a_finished_request_is_never_claimed_again(
         complete(db, request["id"], attempt)
     else:
         fail(db, request["id"], attempt, "the lead has no name", retryable=False)
-    before = row(sql, request["id"])
+    before = request_row(sql, request["id"])
     answer = claim(db, request["id"])
     assert answer == {"claimed": False, "status": final, "reason": f"already {final}"}
-    assert row(sql, request["id"]) == before
+    assert request_row(sql, request["id"]) == before
 
 
 def test_two_connections_claiming_the_same_row_exactly_one_wins(
@@ -198,12 +187,12 @@ def test_an_expired_lease_is_taken_over_and_the_old_attempt_can_no_longer_write(
     assert late_result["completed"] is False
     assert late_result["status"] == "processing"
     assert late_failure["recorded"] is False
-    stored = row(sql, request["id"])
+    stored = request_row(sql, request["id"])
     assert (stored["status"], stored["attempts"], stored["result"]) == ("processing", 2, None)
     assert sql.execute("SELECT count(*) AS n FROM reminders").fetchone() == {"n": 0}
 
     assert complete(db, request["id"], second["attempt"])["completed"] is True
-    assert errors(sql, request["id"]) == [(1, "lease expired during attempt 1")]
+    assert error_history(sql, request["id"]) == [(1, "lease expired during attempt 1")]
 
 
 def test_a_worker_that_outlived_its_lease_cannot_write_even_before_a_takeover(
@@ -214,7 +203,7 @@ def test_a_worker_that_outlived_its_lease_cannot_write_even_before_a_takeover(
     expire_lease(sql, request["id"])
     assert complete(db, request["id"], attempt)["completed"] is False
     assert fail(db, request["id"], attempt, "boom", retryable=False)["recorded"] is False
-    assert row(sql, request["id"])["status"] == "processing"
+    assert request_row(sql, request["id"])["status"] == "processing"
 
 
 def test_a_retryable_failure_goes_back_to_pending_after_a_backoff(
@@ -224,14 +213,14 @@ def test_a_retryable_failure_goes_back_to_pending_after_a_backoff(
     attempt = claim(db, request["id"])["attempt"]
     answer = fail(db, request["id"], attempt, "OpenAI answered 429", retryable=True)
     assert (answer["recorded"], answer["status"], answer["error"]) == (True, "pending", None)
-    stored = row(sql, request["id"])
+    stored = request_row(sql, request["id"])
     delay = stored["run_after"] - datetime.now(UTC)
     assert timedelta(seconds=3) < delay <= timedelta(seconds=5.5)
     assert (stored["status"], stored["lease_expires_at"], stored["error"]) == ("pending", None, None)
     waiting = claim(db, request["id"])
     assert waiting["claimed"] is False
     assert waiting["reason"].startswith("retry scheduled at")
-    assert errors(sql, request["id"]) == [(1, "OpenAI answered 429")]
+    assert error_history(sql, request["id"]) == [(1, "OpenAI answered 429")]
 
 
 def test_retries_back_off_further_each_time_and_end_in_failed_after_max_attempts(
@@ -243,7 +232,7 @@ def test_retries_back_off_further_each_time_and_end_in_failed_after_max_attempts
         answer = claim(db, request["id"])
         assert (answer["claimed"], answer["attempt"]) == (True, expected_attempt)
         outcome = fail(db, request["id"], expected_attempt, f"timeout {expected_attempt}", retryable=True)
-        stored = row(sql, request["id"])
+        stored = request_row(sql, request["id"])
         if expected_attempt < MAX_ATTEMPTS:
             assert outcome["status"] == "pending"
             delays.append((stored["run_after"] - stored["updated_at"]).total_seconds())
@@ -251,7 +240,7 @@ def test_retries_back_off_further_each_time_and_end_in_failed_after_max_attempts
     assert outcome["status"] == "failed"
     assert stored["error"] == f"gave up after {MAX_ATTEMPTS} attempts: timeout {MAX_ATTEMPTS}"
     assert 4.5 <= delays[0] <= 5.5 and 18 <= delays[1] <= 22
-    assert errors(sql, request["id"]) == [(n, f"timeout {n}") for n in range(1, MAX_ATTEMPTS + 1)]
+    assert error_history(sql, request["id"]) == [(n, f"timeout {n}") for n in range(1, MAX_ATTEMPTS + 1)]
     assert claim(db, request["id"])["reason"] == "already failed"
 
 
@@ -261,16 +250,9 @@ def test_the_backoff_is_capped_at_an_hour_however_many_attempts(
     request = make_request(make_lead())
     sql.execute("UPDATE plan_requests SET attempts = 400 WHERE id = %s", [request["id"]])
     attempt = claim(db, request["id"], max_attempts=1000)["attempt"]
-    answer = db.call(
-        "planbus_fail_request",
-        p_request_id=str(request["id"]),
-        p_attempt=attempt,
-        p_error="still down",
-        p_retryable=True,
-        p_max_attempts=1000,
-    )
+    answer = fail(db, request["id"], attempt, "still down", retryable=True, max_attempts=1000)
     assert answer["status"] == "pending"
-    stored = row(sql, request["id"])
+    stored = request_row(sql, request["id"])
     assert stored["run_after"] - stored["updated_at"] <= timedelta(seconds=3960)
 
 
@@ -281,13 +263,13 @@ def test_a_permanent_failure_fails_at_once_with_its_reason(
     attempt = claim(db, request["id"])["attempt"]
     answer = fail(db, request["id"], attempt, "the model refused: policy", retryable=False)
     assert (answer["status"], answer["error"]) == ("failed", "the model refused: policy")
-    stored = row(sql, request["id"])
+    stored = request_row(sql, request["id"])
     assert (stored["status"], stored["error"], stored["lease_expires_at"]) == (
         "failed",
         "the model refused: policy",
         None,
     )
-    assert errors(sql, request["id"]) == [(1, "the model refused: policy")]
+    assert error_history(sql, request["id"]) == [(1, "the model refused: policy")]
 
 
 def test_a_processing_row_out_of_attempts_is_failed_instead_of_claimed(
@@ -300,8 +282,8 @@ def test_a_processing_row_out_of_attempts_is_failed_instead_of_claimed(
     answer = claim(db, request["id"])
     reason = f"gave up after {MAX_ATTEMPTS} attempts: the lease expired before the worker finished"
     assert answer == {"claimed": False, "status": "failed", "reason": reason}
-    assert row(sql, request["id"])["error"] == reason
-    assert errors(sql, request["id"])[-2:] == [
+    assert request_row(sql, request["id"])["error"] == reason
+    assert error_history(sql, request["id"])[-2:] == [
         (MAX_ATTEMPTS, f"lease expired during attempt {MAX_ATTEMPTS}"),
         (MAX_ATTEMPTS, reason),
     ]

@@ -20,6 +20,7 @@ from planbus.db.postgres import PostgresDatabase
 from planbus.llm import make_generator
 from planbus.services.recovery import reset_stale_requests
 from planbus.settings import Settings
+from request_rows import error_history, request_row
 
 SECRET = "scheduler-secret"
 
@@ -40,12 +41,6 @@ def client() -> flask.testing.FlaskClient:
 
 def call(body: Any = None, headers: dict[str, str] | None = None) -> Any:
     return client().post("/", json=body, headers={"X-Webhook-Secret": SECRET} if headers is None else headers)
-
-
-def request_row(sql: Sql, request_id: Any) -> Row:
-    row = sql.execute("SELECT * FROM plan_requests WHERE id = %s", (request_id,)).fetchone()
-    assert row is not None
-    return row
 
 
 def claimed(sql: Sql, db: PostgresDatabase, request: Row, *, attempts: int, lease_in: float) -> Row:
@@ -108,11 +103,7 @@ def test_an_expired_lease_is_reset_and_the_request_then_processed(
     assert answer["outcomes"] == {"completed": 1}
     row = request_row(sql, request["id"])
     assert (row["status"], row["attempts"]) == ("completed", 2)
-    history = sql.execute(
-        "SELECT attempt, message FROM planbus_private.plan_request_errors WHERE request_id = %s",
-        (request["id"],),
-    ).fetchall()
-    assert history == [{"attempt": 1, "message": "lease expired during attempt 1"}]
+    assert error_history(sql, request["id"]) == [(1, "lease expired during attempt 1")]
 
 
 def test_a_stale_request_out_of_attempts_fails_with_a_clear_error(
