@@ -139,48 +139,57 @@ def copy_infra(tmp_path: Path) -> Path:
     return infra
 
 
-def test_malformed_functions_are_refused_with_every_problem(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "content", "problems"),
+    [
+        pytest.param(
+            "functions.conf",
+            "[handle_plan_request]\nruntime = node20\nmemory = lots\ncpu = .5\ntimeout = 150\n"
+            "concurrency = 4\nmin_instances = 3\nmax_instances = 2\naccess = everyone\n"
+            "secrets = DATABASE_URL OPENAI_MODEL\ncalls_llm = maybe\nbatch = no\ncolour = blue\n"
+            "[send_due_reminders]\nruntime = python312\n",
+            (
+                "runtime must be a Python runtime",
+                "memory must look like 256Mi or 1Gi, not 'lots'",
+                "a concurrency above 1 needs cpu = 1 or more",
+                "min_instances is larger than max_instances",
+                "access must be public or scheduler, not 'everyone'",
+                "OPENAI_MODEL is not a secret setting",
+                "calls_llm must be yes or no, not 'maybe'",
+                "unknown key 'colour'",
+                "functions.conf [send_due_reminders]: memory is missing",
+                "schedules.conf [planbus-send-due-reminders]: function 'send_due_reminders' is not in "
+                "functions.conf",
+            ),
+            id="functions",
+        ),
+        pytest.param(
+            "schedules.conf",
+            "[bad job!]\nfunction = nothing\nschedule = every minute\ntime_zone = Mars/Olympus\n"
+            "body = [1]\nattempt_deadline = 5\n"
+            "[planbus-send-due-reminders]\nfunction = send_due_reminders\nschedule = * * * * *\n"
+            "time_zone = Etc/UTC\nbody = {}\nattempt_deadline = 600\n",
+            (
+                "a job name is letters, digits, hyphens and underscores",
+                "function 'nothing' is not in functions.conf",
+                "schedule must be a five-field cron expression, not 'every minute'",
+                "time_zone 'Mars/Olympus' is not an IANA time zone",
+                "body must be a JSON object, not '[1]'",
+                "[bad job!]: attempt_deadline must be a whole number from 15 to 1800, not '5'",
+                "[planbus-send-due-reminders]: attempt_deadline must be a whole number from 15 to 120, "
+                "not '600'",
+            ),
+            id="schedules",
+        ),
+    ],
+)
+def test_a_malformed_infra_file_is_refused_with_every_problem(
+    tmp_path: Path, name: str, content: str, problems: tuple[str, ...]
+) -> None:
     infra = copy_infra(tmp_path)
-    (infra / "functions.conf").write_text(
-        "[handle_plan_request]\nruntime = node20\nmemory = lots\ncpu = .5\ntimeout = 150\nconcurrency = 4\n"
-        "min_instances = 3\nmax_instances = 2\naccess = everyone\nsecrets = DATABASE_URL OPENAI_MODEL\n"
-        "calls_llm = maybe\nbatch = no\ncolour = blue\n"
-        "[send_due_reminders]\nruntime = python312\n"
-    )
+    (infra / name).write_text(content)
     text = problems_of(VALID, infra)
-    for expected in (
-        "runtime must be a Python runtime",
-        "memory must look like 256Mi or 1Gi, not 'lots'",
-        "a concurrency above 1 needs cpu = 1 or more",
-        "min_instances is larger than max_instances",
-        "access must be public or scheduler, not 'everyone'",
-        "OPENAI_MODEL is not a secret setting",
-        "calls_llm must be yes or no, not 'maybe'",
-        "unknown key 'colour'",
-        "functions.conf [send_due_reminders]: memory is missing",
-        "schedules.conf [planbus-send-due-reminders]: function 'send_due_reminders' is not in functions.conf",
-    ):
-        assert expected in text, expected
-
-
-def test_malformed_schedules_are_refused_with_every_problem(tmp_path: Path) -> None:
-    infra = copy_infra(tmp_path)
-    (infra / "schedules.conf").write_text(
-        "[bad job!]\nfunction = nothing\nschedule = every minute\ntime_zone = Mars/Olympus\n"
-        "body = [1]\nattempt_deadline = 5\n"
-        "[planbus-send-due-reminders]\nfunction = send_due_reminders\nschedule = * * * * *\n"
-        "time_zone = Etc/UTC\nbody = {}\nattempt_deadline = 600\n"
-    )
-    text = problems_of(VALID, infra)
-    for expected in (
-        "a job name is letters, digits, hyphens and underscores",
-        "function 'nothing' is not in functions.conf",
-        "schedule must be a five-field cron expression, not 'every minute'",
-        "time_zone 'Mars/Olympus' is not an IANA time zone",
-        "body must be a JSON object, not '[1]'",
-        "[bad job!]: attempt_deadline must be a whole number from 15 to 1800, not '5'",
-        "[planbus-send-due-reminders]: attempt_deadline must be a whole number from 15 to 120, not '600'",
-    ):
+    for expected in problems:
         assert expected in text, expected
 
 
