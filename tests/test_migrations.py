@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from concurrency import run_together
 from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
 from planbus.migrate import ADVISORY_LOCK_KEY, default_migrations_dir, load_migrations, migrate
 
@@ -64,21 +65,7 @@ def test_a_failing_migration_leaves_nothing_behind(
 
 def test_two_concurrent_runs_do_not_collide(fresh_database: Callable[..., str]) -> None:
     url = fresh_database()
-    results: list[list[str]] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(migrate(url))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = run_together([lambda: migrate(url)] * 2)
     names = [m.name for m in load_migrations(default_migrations_dir())]
     assert sorted(results, key=len) == [[], names]
 

@@ -5,8 +5,8 @@ Time is arranged by moving the rows' timestamps in the owner connection, never b
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import flask.testing
@@ -15,6 +15,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 import mini_app
+from concurrency import run_together
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
 from planbus.llm import make_generator
@@ -177,28 +178,17 @@ def test_concurrent_sweepers_process_each_lost_request_once(
 ) -> None:
     requests = [lost_request(overdue=120, telegram_id=100 + i, full_name=f"Lead {i}") for i in range(6)]
     settings = Settings(plan_generator="offline")
-    outcomes: list[dict[str, int]] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(3)
 
-    def sweep() -> None:
-        db = PostgresDatabase(database_url)
-        try:
-            start.wait()
-            counts = reset_stale_requests(db, make_generator(settings), SystemClock(), settings=settings)
-            outcomes.append(counts.outcomes)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
+    def sweep(db: PostgresDatabase) -> dict[str, int]:
+        return reset_stale_requests(db, make_generator(settings), SystemClock(), settings=settings).outcomes
+
+    sweepers = [PostgresDatabase(database_url) for _ in range(3)]
+    try:
+        outcomes = run_together([partial(sweep, db) for db in sweepers])
+    finally:
+        for db in sweepers:
             db.close()
 
-    threads = [threading.Thread(target=sweep) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     assert sum(o.get("completed", 0) for o in outcomes) == 6
     for request in requests:
         row = request_row(sql, request["id"])

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 import respx
 
+from concurrency import run_together
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import ConfigurationError
@@ -142,27 +144,17 @@ def test_two_concurrent_calls_never_send_the_same_reminder(
     route = telegram.post(SEND_URL).mock(side_effect=ok)
     for i in range(40):
         add_plan(sql, telegram_id=8000 + i, steps=(("first", -60), ("second", -30)))
-    results: list[int] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(2)
 
-    def run() -> None:
-        db = PostgresDatabase(database_url)
-        try:
-            start.wait()
-            results.append(send_due_reminders(db, fast_sender(), SystemClock(), settings=Settings()).sent)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
+    def send(db: PostgresDatabase) -> int:
+        return send_due_reminders(db, fast_sender(), SystemClock(), settings=Settings()).sent
+
+    callers = [PostgresDatabase(database_url) for _ in range(2)]
+    try:
+        results = run_together([partial(send, db) for db in callers])
+    finally:
+        for db in callers:
             db.close()
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     messages = sent_messages(route)
     assert len(messages) == len(set(messages)) == 80
     assert sum(results) == 80

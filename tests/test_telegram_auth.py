@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
+from concurrency import run_together
 from mini_app import BOT_TOKEN, as_postgrest, init_data
 from rls import snapshot
 
@@ -83,25 +83,14 @@ def test_users_get_different_uuids(auth: FlaskClient) -> None:
 
 def test_simultaneous_first_sign_ins_of_one_user_agree_on_one_uuid(auth: FlaskClient, sql: Sql) -> None:
     data = init_data(77)
-    start = threading.Barrier(8)
-    subs: list[str] = []
-    failures: list[BaseException] = []
 
-    def sign_in_now() -> None:
-        try:
-            start.wait(timeout=10)
-            response = sign_in(auth, data)
-            assert response.status_code == 200, response.get_json()
-            subs.append(as_postgrest(response.get_json()["access_token"])["sub"])
-        except BaseException as exc:  # reported below, in the test's own thread
-            failures.append(exc)
+    def sign_in_now() -> str:
+        response = sign_in(auth, data)
+        assert response.status_code == 200, response.get_json()
+        sub: str = as_postgrest(response.get_json()["access_token"])["sub"]
+        return sub
 
-    threads = [threading.Thread(target=sign_in_now) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    subs = run_together([sign_in_now] * 8)
     assert len(subs) == 8 and len(set(subs)) == 1
     assert sql.execute("SELECT count(*) AS n FROM telegram_users").fetchone() == {"n": 1}
 
