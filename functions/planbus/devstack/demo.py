@@ -4,7 +4,7 @@
 2. The Mini App inserts a plan request as its signed-in user (role `authenticated`, JWT claims, RLS).
 3. The trigger fires, the relay delivers the webhook, handle_plan_request claims, generates and completes;
    the Mini App's polling shows pending → processing → completed.
-4. The plan and its reminders are printed; the operator moves step 0's reminder to now
+4. The plan and its reminders are printed; the operator moves the first step's reminder to now
    (`planbus_reschedule_reminder`), and the scheduler's next send_due_reminders call delivers it to the
    local Telegram sink.
 """
@@ -169,10 +169,10 @@ def run_demo(settings: Settings, console: Console, options: StackOptions) -> int
                 operator.close()
             # Not moved means the scheduler has already claimed it, which is just as good.
             if moved.get("rescheduled"):
-                console.line("\noperator: moved step 0's reminder to now (planbus_reschedule_reminder)")
+                console.line("\noperator: moved the first step's reminder to now (planbus_reschedule_reminder)")
         else:
-            console.line("\nstep 0's reminder is already due (the plan starts today)")
-        console.line("waiting for the scheduler's send_due_reminders to deliver step 0's reminder")
+            console.line("\nthe first step's reminder is already due (the plan starts today)")
+        console.line("waiting for the scheduler's send_due_reminders to deliver the first step's reminder")
         assert stack.sink is not None
         message = stack.sink.wait_for(lambda m: m.reminder_id == str(first["id"]), timeout=60)
         if message is None:

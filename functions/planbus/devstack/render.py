@@ -34,7 +34,7 @@ def plan_table(result: dict[str, Any], *, width: int | None = None) -> str:
     """The plan of a completed request: its summary, then one row per step."""
     parsed = PlanResult.model_validate(result)
     rows = [
-        [str(i), f"day {step.day_offset}", step.channel, f"{step.action}\n  goal: {step.goal}"]
+        [str(i + 1), f"day {step.day_offset}", step.channel, f"{step.action}\n  goal: {step.goal}"]
         for i, step in enumerate(parsed.plan.steps)
     ]
     source = f"{parsed.generator} ({parsed.model}), {parsed.latency_ms} ms"
@@ -57,7 +57,7 @@ def reminder_table(reminders: Sequence[dict[str, Any]], *, width: int | None = N
     """One row per reminder: step, due time (local), status, the first line of its text."""
     rows = [
         [
-            str(r["step_index"]),
+            str(int(r["step_index"]) + 1),
             _local(r["due_at"]),
             str(r["status"]) + (f" ({r['delivered_via']})" if r.get("delivered_via") else ""),
             str(r["text"]).splitlines()[0] if r["text"] else "",
