@@ -169,7 +169,9 @@ def run_demo(settings: Settings, console: Console, options: StackOptions) -> int
                 operator.close()
             # Not moved means the scheduler has already claimed it, which is just as good.
             if moved.get("rescheduled"):
-                console.line("\noperator: moved the first step's reminder to now (planbus_reschedule_reminder)")
+                console.line(
+                    "\noperator: moved the first step's reminder to now (planbus_reschedule_reminder)"
+                )
         else:
             console.line("\nthe first step's reminder is already due (the plan starts today)")
         console.line("waiting for the scheduler's send_due_reminders to deliver the first step's reminder")
