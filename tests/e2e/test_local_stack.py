@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +90,12 @@ def test_requests_from_the_mini_app_complete_and_their_reminders_reach_the_sink(
 ) -> None:
     app = MiniApp(stack_database, USER)
     request_ids = [app.request_plan(lead["id"]) for lead in seed(sql, 5)]
+
+    def completed(request_id: uuid.UUID) -> bool:
+        return (app.get_request(request_id) or {}).get("status") == "completed"
+
     for request_id in request_ids:
-        wait_until(
-            lambda rid=request_id: (app.get_request(rid) or {}).get("status") == "completed", timeout=60
-        )
+        wait_until(partial(completed, request_id), timeout=60)
 
     operator = PostgresDatabase(stack_database)
     first_steps = []
@@ -108,8 +111,12 @@ def test_requests_from_the_mini_app_complete_and_their_reminders_reach_the_sink(
             first_steps.append(str(first["id"]))
     finally:
         operator.close()
+
+    def in_the_sink(reminder_id: str) -> bool:
+        return f"(reminder {reminder_id})" in dev.output()
+
     for reminder_id in first_steps:
-        wait_until(lambda rid=reminder_id: f"(reminder {rid})" in dev.output(), timeout=60)
+        wait_until(partial(in_the_sink, reminder_id), timeout=60)
     delivered = sql.execute(
         "SELECT status, delivered_via FROM public.reminders WHERE id = ANY(%s::uuid[])", (first_steps,)
     ).fetchall()
