@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psycopg
 
-from planbus.db import translate_error
-from planbus.errors import ConfigurationError, DatabaseUnavailable
+from planbus.db.postgres import translate
+from planbus.errors import ConfigurationError
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Any fixed 64-bit key; chosen once, never changed, shared by every planbus release.
@@ -76,9 +76,7 @@ def migrate(database_url: str, directory: Path | None = None) -> list[str]:
                 if not conn.broken:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     except psycopg.OperationalError as exc:
-        if exc.sqlstate is None:
-            raise DatabaseUnavailable(f"database unreachable: {str(exc).strip()}") from exc
-        raise translate_error(exc.diag.message_primary or str(exc), exc.sqlstate) from exc
+        raise translate(exc) from exc
 
 
 def _apply(conn: psycopg.Connection[tuple[object, ...]], migrations: list[Migration]) -> list[str]:
@@ -111,6 +109,6 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], migrations: list[Migrat
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
                 raise  # the connection is gone: reported as unavailable above
-            raise translate_error(f"{migration.name}: {str(exc).strip()}", exc.sqlstate) from exc
+            raise translate(exc, migration.name) from exc
         done.append(migration.name)
     return done

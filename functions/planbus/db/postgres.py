@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from planbus.db import translate_error
-from planbus.errors import DatabaseUnavailable
+from planbus.errors import DatabaseError, DatabaseUnavailable
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -62,14 +62,8 @@ class PostgresDatabase:
                 row = conn.execute(query, {name: _adapt(v) for name, v in params.items()}).fetchone()
         except PoolTimeout as exc:
             raise DatabaseUnavailable(f"no database connection within the pool timeout: {exc}") from exc
-        except psycopg.OperationalError as exc:
-            if exc.sqlstate is None:  # libpq's own: refused, reset, closed by the server
-                raise DatabaseUnavailable(f"database unreachable: {_message(exc)}") from exc
-            raise translate_error(_message(exc), exc.sqlstate) from exc
-        except psycopg.InterfaceError as exc:
-            raise DatabaseUnavailable(f"database connection unusable: {_message(exc)}") from exc
         except psycopg.Error as exc:
-            raise translate_error(_message(exc), exc.sqlstate) from exc
+            raise translate(exc) from exc
         return None if row is None else row[0]
 
     def close(self) -> None:
@@ -77,6 +71,17 @@ class PostgresDatabase:
         self._pool.close()
 
 
-def _message(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    return diag.message_primary or str(exc).strip()
+def translate(exc: psycopg.Error, context: str | None = None) -> DatabaseError:
+    """planbus's exception for a psycopg error (every direct-connection caller uses this one rule).
+
+    libpq's own errors (refused, reset, closed by the server: no SQLSTATE) and an unusable connection are
+    DatabaseUnavailable; anything else keeps its SQLSTATE through `translate_error`.
+    """
+    message = exc.diag.message_primary or str(exc).strip()
+    if context:
+        message = f"{context}: {message}"
+    if isinstance(exc, psycopg.InterfaceError) or (
+        isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
+    ):
+        return DatabaseUnavailable(f"database unreachable: {message}")
+    return translate_error(message, exc.sqlstate)

@@ -19,7 +19,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from planbus.errors import ConfigurationError, DatabaseUnavailable, database_error
+from planbus.db.postgres import translate
+from planbus.errors import ConfigurationError
 
 Delivery = Literal["pg_net", "realtime", "notify"]
 
@@ -163,7 +164,7 @@ def _connect(database_url: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(database_url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
+        raise translate(exc) from exc
 
 
 def _capabilities(conn: psycopg.Connection[Any]) -> dict[str, bool]:
@@ -178,6 +179,6 @@ def _store(conn: psycopg.Connection[Any], name: str, value: str) -> str:
     except psycopg.errors.UndefinedFunction as exc:
         raise ConfigurationError("planbus_store_setting is missing: run `planbus migrate` first") from exc
     except psycopg.Error as exc:
-        raise database_error(f"storing {name}: {exc.diag.message_primary}", exc.sqlstate) from exc
+        raise translate(exc, f"storing {name}") from exc
     assert row is not None
     return str(row[0])

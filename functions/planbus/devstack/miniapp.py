@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from planbus.errors import DatabaseError, DatabaseUnavailable, database_error
+from planbus.db.postgres import translate
+from planbus.errors import DatabaseError
 
 DictConnection = psycopg.Connection[dict[str, Any]]
 
@@ -60,10 +61,8 @@ class MiniApp:
                     "SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(self.user.claims),)
                 )
                 yield conn
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"database unreachable: {exc}") from exc
         except psycopg.Error as exc:
-            raise database_error(exc.diag.message_primary or str(exc), exc.sqlstate) from exc
+            raise translate(exc) from exc
 
     def request_plan(self, lead_id: uuid.UUID | str) -> uuid.UUID:
         """Insert `{lead_id, telegram_id}` into plan_requests and return the new row's id."""
