@@ -105,7 +105,7 @@ BEGIN
   RETURNING c.requests INTO used;
   IF used > day_limit THEN
     RAISE EXCEPTION 'daily plan request limit reached: % per user per day', day_limit
-      USING ERRCODE = 'PB429',
+      USING ERRCODE = 'PT429',
             DETAIL = format('%s requests were already made today (UTC)', used - 1),
             HINT = 'try again after midnight UTC';
   END IF;

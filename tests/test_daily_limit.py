@@ -58,7 +58,7 @@ def test_the_request_past_the_limit_is_refused_and_the_days_earlier_requests_sta
     accepted = [request_as(sql, ADA, lead) for lead in mine[:3]]
     assert [a.refused for a in accepted] == [False, False, False]
     refused = request_as(sql, ADA, mine[3])
-    assert refused.sqlstate == "PB429"
+    assert refused.sqlstate == "PT429"
     assert refused.message == "daily plan request limit reached: 3 per user per day"
     rows = sql.execute("SELECT id, status FROM plan_requests ORDER BY created_at").fetchall()
     assert [r["id"] for r in rows] == [a.rows[0]["id"] for a in accepted]
@@ -67,7 +67,7 @@ def test_the_request_past_the_limit_is_refused_and_the_days_earlier_requests_sta
 
 
 def test_the_refusal_maps_to_limit_exceeded() -> None:
-    error = database_error("daily plan request limit reached: 3 per user per day", "PB429")
+    error = database_error("daily plan request limit reached: 3 per user per day", "PT429")
     assert isinstance(error, LimitExceeded) and isinstance(error, DatabaseError)
 
 
@@ -77,7 +77,7 @@ def test_one_users_limit_does_not_touch_another_user(
     set_limit(db, 1)
     ada_leads, bob_leads = leads(ADA, 2), leads(BOB, 1)
     assert not request_as(sql, ADA, ada_leads[0]).refused
-    assert request_as(sql, ADA, ada_leads[1]).sqlstate == "PB429"
+    assert request_as(sql, ADA, ada_leads[1]).sqlstate == "PT429"
     assert not request_as(sql, BOB, bob_leads[0]).refused
 
 
@@ -89,7 +89,7 @@ def test_a_request_refused_for_another_reason_does_not_use_up_the_limit(
     someone_elses = leads(BOB, 1)[0]
     assert request_as(sql, ADA, someone_elses).sqlstate == "42501"
     assert not request_as(sql, ADA, lead).refused
-    assert request_as(sql, ADA, lead).sqlstate == "PB429"
+    assert request_as(sql, ADA, lead).sqlstate == "PT429"
 
 
 def test_a_new_utc_day_starts_a_new_count(
@@ -111,7 +111,7 @@ def test_zero_pauses_requests_and_unlimited_lifts_the_limit(
 ) -> None:
     mine = leads(ADA, 3)
     assert set_limit(db, 0) == {"limit": 0, "unlimited": False, "stored": "0"}
-    assert request_as(sql, ADA, mine[0]).sqlstate == "PB429"
+    assert request_as(sql, ADA, mine[0]).sqlstate == "PT429"
     assert set_limit(db, None) == {"limit": None, "unlimited": True, "stored": "unlimited"}
     assert [request_as(sql, ADA, lead).refused for lead in mine] == [False, False, False]
 
@@ -123,7 +123,7 @@ def test_a_lowered_limit_applies_to_the_next_insert(
     assert not request_as(sql, ADA, mine[0]).refused
     assert not request_as(sql, ADA, mine[1]).refused
     set_limit(db, 2)
-    assert request_as(sql, ADA, mine[2]).sqlstate == "PB429"
+    assert request_as(sql, ADA, mine[2]).sqlstate == "PT429"
 
 
 @pytest.mark.parametrize("stored", ["lots", "-1", "", "1e3", "99999999999"])
@@ -180,7 +180,7 @@ def test_concurrent_inserts_at_the_limit_do_not_exceed_it(
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(outcomes) == ["PB429"] * (racers - limit) + ["accepted"] * limit
+    assert sorted(outcomes) == ["PT429"] * (racers - limit) + ["accepted"] * limit
     assert sql.execute("SELECT count(*) AS n FROM plan_requests").fetchone() == {"n": limit}
 
 
@@ -200,7 +200,7 @@ def test_under_repeatable_read_the_second_of_two_racing_inserts_fails_instead_of
         with pytest.raises(psycopg.Error) as refused:
             second.execute(NEW_REQUEST, {"lead": second_lead["id"], "telegram_id": ADA})
         racer.join()
-    assert refused.value.sqlstate in {"40001", "PB429"}
+    assert refused.value.sqlstate in {"40001", "PT429"}
     assert sql.execute("SELECT count(*) AS n FROM plan_requests").fetchone() == {"n": 1}
 
 

@@ -84,7 +84,7 @@ def test_state_machine_functions_are_called_with_named_arguments(
     ("sqlstate", "error"),
     [
         ("23505", UniqueViolation),
-        ("PB429", LimitExceeded),
+        ("PT429", LimitExceeded),
         ("22023", DatabaseError),
         ("40P01", DatabaseError),
         ("40001", DatabaseError),

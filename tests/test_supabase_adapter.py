@@ -88,7 +88,7 @@ def test_the_functions_json_answer_is_returned_as_decoded(
     ("response", "error", "sqlstate"),
     [
         (postgrest_error(409, "23505", "duplicate key value"), UniqueViolation, "23505"),
-        (postgrest_error(400, "PB429", "daily limit reached"), LimitExceeded, "PB429"),
+        (postgrest_error(429, "PT429", "daily limit reached"), LimitExceeded, "PT429"),
         (postgrest_error(400, "22023", "p_error must be a non-empty reason"), DatabaseError, "22023"),
         (postgrest_error(500, "40P01", "deadlock detected"), DatabaseError, "40P01"),
         (

@@ -7,7 +7,7 @@ The tree, and what an HTTP entry point answers for each:
   - DatabaseError: the database refused a statement; carries the SQLSTATE (500)
     - DatabaseUnavailable: the database could not be reached or dropped the connection (503)
     - UniqueViolation: 23505, e.g. a second active request for one lead
-    - LimitExceeded: PB429, a user's daily plan-request limit
+    - LimitExceeded: PT429, a user's daily plan-request limit
   - GenerationError: the LLM gave no valid plan; `retryable` for timeouts, 429 and 5xx (written to the row)
   - DeliveryError: Telegram did not take a message; `permanent` or `retry_after` (written to the reminder)
 """
@@ -40,7 +40,7 @@ class UniqueViolation(DatabaseError):
 
 
 class LimitExceeded(DatabaseError):
-    """A configured quota refused the row (SQLSTATE PB429)."""
+    """A configured quota refused the row (SQLSTATE PT429)."""
 
 
 class GenerationError(PlanbusError):
@@ -62,7 +62,7 @@ class DeliveryError(PlanbusError):
 
 SQLSTATE_ERRORS: dict[str, type[DatabaseError]] = {
     "23505": UniqueViolation,
-    "PB429": LimitExceeded,
+    "PT429": LimitExceeded,
 }
 
 
