@@ -16,7 +16,7 @@ import respx
 from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 
-from mini_app import BOT_TOKEN, JWT_SECRET, client
+from support.mini_app import BOT_TOKEN, JWT_SECRET, client
 from planbus import bootstrap
 from planbus.db.postgres import PostgresDatabase
 from planbus.embedded import EmbeddedPostgres

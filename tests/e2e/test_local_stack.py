@@ -16,11 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from local_stack import PLANBUS, DevStack
+from support.local_stack import PLANBUS, DevStack
 from psycopg.rows import dict_row
 
 from conftest import SERVER_URL_FROM_ENV
-from devstack_helpers import group_alive, wait_until
+from support.devstack_helpers import group_alive, wait_until
 from planbus.db.postgres import PostgresDatabase
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
 

@@ -1,0 +1,249 @@
+"""Recovering plan requests: expired leases reset, lost webhooks found, old rows pruned, bad input refused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from planbus.db.postgres import PostgresDatabase
+from planbus.errors import DatabaseError
+from support.request_rows import error_history, expire_lease
+
+Row = dict[str, Any]
+Conn = psycopg.Connection[dict[str, Any]]
+MakeLead = Callable[..., Row]
+MakeRequest = Callable[..., Row]
+
+
+def claim(db: PostgresDatabase, request_id: Any) -> int:
+    answer = db.call(
+        "planbus_claim_request", p_request_id=str(request_id), p_lease_seconds=60, p_max_attempts=3
+    )
+    assert answer["claimed"] is True
+    return int(answer["attempt"])
+
+
+def status_of(sql: Conn, request_id: Any) -> tuple[str, int, str | None]:
+    found = sql.execute(
+        "SELECT status, attempts, error FROM plan_requests WHERE id = %s", [request_id]
+    ).fetchone()
+    assert found is not None
+    return found["status"], found["attempts"], found["error"]
+
+
+def backdate(sql: Conn, table: str, row_id: Any, **columns: datetime) -> None:
+    """Move timestamps into the past, bypassing the updated_at trigger (what time passing would do)."""
+    assignments = ", ".join(f"{name} = %({name})s" for name in columns)
+    sql.execute("SET session_replication_role = replica")
+    try:
+        sql.execute(f"UPDATE {table} SET {assignments} WHERE id = %(id)s", {**columns, "id": row_id})
+    finally:
+        sql.execute("SET session_replication_role = DEFAULT")
+
+
+def ago(**delta: float) -> datetime:
+    return datetime.now(UTC) - timedelta(**delta)
+
+
+def test_expired_leases_go_back_to_pending_and_live_ones_are_untouched(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    stale, live = make_request(make_lead()), make_request(make_lead(telegram_id=2))
+    claim(db, stale["id"])
+    claim(db, live["id"])
+    expire_lease(sql, stale["id"])
+
+    assert db.call("planbus_reset_stale_requests", p_max_attempts=3) == {"reset": 1, "failed": 0}
+    assert status_of(sql, stale["id"]) == ("pending", 1, None)
+    assert status_of(sql, live["id"]) == ("processing", 1, None)
+    assert error_history(sql, stale["id"]) == [(1, "lease expired during attempt 1")]
+    # Reset rows are claimable at once, and the sweeper finds them.
+    assert db.call("planbus_find_lost_requests", p_grace_seconds=3600, p_limit=10) == [str(stale["id"])]
+    assert claim(db, stale["id"]) == 2
+
+
+def test_an_expired_lease_on_the_last_attempt_fails_the_request_for_good(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    request = make_request(make_lead())
+    for _ in range(3):
+        claim(db, request["id"])
+        expire_lease(sql, request["id"])
+        if _ < 2:
+            db.call("planbus_reset_stale_requests", p_max_attempts=3)
+    assert db.call("planbus_reset_stale_requests", p_max_attempts=3) == {"reset": 0, "failed": 1}
+    assert status_of(sql, request["id"]) == (
+        "failed",
+        3,
+        "gave up after 3 attempts: the lease expired before the worker finished",
+    )
+    assert db.call("planbus_reset_stale_requests", p_max_attempts=3) == {"reset": 0, "failed": 0}
+
+
+def test_reset_skips_a_row_another_transaction_is_holding(
+    db: PostgresDatabase, sql: Conn, database_url: str, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    request = make_request(make_lead())
+    claim(db, request["id"])
+    expire_lease(sql, request["id"])
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT 1 FROM plan_requests WHERE id = %s FOR UPDATE", [request["id"]])
+        assert db.call("planbus_reset_stale_requests", p_max_attempts=3) == {"reset": 0, "failed": 0}
+    assert db.call("planbus_reset_stale_requests", p_max_attempts=3) == {"reset": 1, "failed": 0}
+
+
+def test_lost_requests_are_overdue_first_attempts_and_due_retries_oldest_first(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    leads = [make_lead(telegram_id=n) for n in range(1, 7)]
+    overdue_old = make_request(leads[0], run_after=ago(minutes=10), created_at=ago(minutes=10))
+    overdue = make_request(leads[1], run_after=ago(minutes=2), created_at=ago(minutes=2))
+    make_request(leads[2])  # just inserted: its webhook is on its way
+    retry_due, retry_waiting = make_request(leads[3]), make_request(leads[4])
+    for retry in (retry_due, retry_waiting):
+        assert claim(db, retry["id"]) == 1
+        db.call(
+            "planbus_fail_request",
+            p_request_id=str(retry["id"]),
+            p_attempt=1,
+            p_error="timeout",
+            p_retryable=True,
+            p_max_attempts=3,
+        )
+    sql.execute("UPDATE plan_requests SET run_after = %s WHERE id = %s", [ago(minutes=5), retry_due["id"]])
+    held = make_request(leads[5], run_after=ago(minutes=30))
+    claim(db, held["id"])
+
+    lost = db.call("planbus_find_lost_requests", p_grace_seconds=60, p_limit=10)
+    assert lost == [str(overdue_old["id"]), str(retry_due["id"]), str(overdue["id"])]
+    assert db.call("planbus_find_lost_requests", p_grace_seconds=60, p_limit=2) == lost[:2]
+    assert db.call("planbus_find_lost_requests", p_grace_seconds=3600, p_limit=10) == [str(retry_due["id"])]
+
+
+def test_pruning_removes_only_what_is_past_retention(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    plan: dict[str, Any] = {"p_result": {"plan": {}}, "p_plan": {}}
+
+    def finished(lead: Row, steps: int) -> Row:
+        request = make_request(lead)
+        due = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        reminders = [{"step_index": s, "due_at": due, "text": f"step {s}"} for s in range(steps)]
+        db.call(
+            "planbus_complete_request",
+            p_request_id=str(request["id"]),
+            p_attempt=claim(db, request["id"]),
+            p_reminders=reminders,
+            **plan,
+        )
+        return request
+
+    old_done = finished(make_lead(telegram_id=1), 0)
+    backdate(sql, "plan_requests", old_done["id"], updated_at=ago(days=40))
+    sql.execute(
+        "INSERT INTO planbus_private.plan_request_errors (request_id, attempt, message) VALUES (%s, 1, 'x')",
+        [old_done["id"]],
+    )
+    recent_done = finished(make_lead(telegram_id=2), 0)
+    old_with_pending_reminder = finished(make_lead(telegram_id=3), 1)
+    backdate(sql, "plan_requests", old_with_pending_reminder["id"], updated_at=ago(days=40))
+    old_with_sent_reminders = finished(make_lead(telegram_id=4), 2)
+    backdate(sql, "plan_requests", old_with_sent_reminders["id"], updated_at=ago(days=40))
+    sent = sql.execute(
+        "SELECT id, step_index FROM reminders WHERE plan_request_id = %s ORDER BY step_index",
+        [old_with_sent_reminders["id"]],
+    ).fetchall()
+    for reminder, sent_at in zip(sent, (ago(days=35), ago(days=2)), strict=True):
+        sql.execute(
+            "UPDATE reminders SET status = 'sent', delivered_via = 'telegram', sent_at = %s WHERE id = %s",
+            [sent_at, reminder["id"]],
+        )
+    old_pending = make_request(make_lead(telegram_id=5))
+    backdate(sql, "plan_requests", old_pending["id"], updated_at=ago(days=40))
+    sql.execute(
+        "INSERT INTO planbus_private.telegram_outbox (chat_id, text, created_at)"
+        " VALUES (1, 'old', %s), (1, 'new', now())",
+        [ago(days=31)],
+    )
+
+    assert db.call("planbus_prune", p_retention_days=30) == {"requests": 1, "reminders": 1, "outbox": 1}
+    remaining = {r["id"] for r in sql.execute("SELECT id FROM plan_requests").fetchall()}
+    assert remaining == {
+        recent_done["id"],
+        old_with_pending_reminder["id"],
+        old_with_sent_reminders["id"],
+        old_pending["id"],
+    }
+    assert [r["id"] for r in sql.execute("SELECT id FROM reminders WHERE status = 'sent'").fetchall()] == [
+        sent[1]["id"]
+    ]
+    assert sql.execute(
+        "SELECT count(*) AS n FROM planbus_private.plan_request_errors WHERE request_id = %s",
+        [old_done["id"]],
+    ).fetchone() == {"n": 0}
+    assert [
+        r["text"] for r in sql.execute("SELECT text FROM planbus_private.telegram_outbox").fetchall()
+    ] == ["new"]
+
+
+@pytest.mark.parametrize(
+    ("function", "params", "message"),
+    [
+        (
+            "planbus_claim_request",
+            {"p_request_id": None, "p_lease_seconds": 60, "p_max_attempts": 3},
+            "p_request_id",
+        ),
+        (
+            "planbus_claim_request",
+            {
+                "p_request_id": "00000000-0000-4000-8000-000000000000",
+                "p_lease_seconds": 0,
+                "p_max_attempts": 3,
+            },
+            "p_lease_seconds must be positive",
+        ),
+        (
+            "planbus_claim_request",
+            {
+                "p_request_id": "00000000-0000-4000-8000-000000000000",
+                "p_lease_seconds": 60,
+                "p_max_attempts": 0,
+            },
+            "p_max_attempts must be positive",
+        ),
+        ("planbus_reset_stale_requests", {"p_max_attempts": None}, "p_max_attempts must be positive"),
+        ("planbus_find_lost_requests", {"p_grace_seconds": -1, "p_limit": 10}, "p_grace_seconds"),
+        ("planbus_find_lost_requests", {"p_grace_seconds": 60, "p_limit": 0}, "p_limit must be positive"),
+        ("planbus_prune", {"p_retention_days": 0}, "p_retention_days must be positive"),
+        ("planbus_prune", {"p_retention_days": None}, "p_retention_days must be positive"),
+    ],
+)
+def test_nonsense_arguments_are_refused_with_a_clear_error(
+    db: PostgresDatabase, function: str, params: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(DatabaseError, match=message) as refused:
+        db.call(function, **params)
+    assert refused.value.sqlstate == "22023"
+
+
+@pytest.mark.parametrize("error", ["", "   ", None])
+def test_a_failure_without_a_reason_is_refused_and_the_claim_kept(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest, error: str | None
+) -> None:
+    request = make_request(make_lead())
+    attempt = claim(db, request["id"])
+    with pytest.raises(DatabaseError, match="p_error must be a non-empty reason"):
+        db.call(
+            "planbus_fail_request",
+            p_request_id=str(request["id"]),
+            p_attempt=attempt,
+            p_error=error,
+            p_retryable=False,
+            p_max_attempts=3,
+        )
+    assert status_of(sql, request["id"]) == ("processing", 1, None)

@@ -1,0 +1,308 @@
+"""Row-level security as a matrix: every caller the Mini App can be, against every action.
+
+Callers: two users whose tokens carry a `telegram_id` claim (as a number and as a string), a user known only
+by `sub` through the telegram_users mapping (InsForge re-mints tokens without custom claims), a token whose
+`telegram_id` claim is forged junk, and `anon`. Each case runs in a transaction that is rolled back, so the
+cases share one database; a refused action must also leave every table exactly as it was.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql as q
+from psycopg.rows import dict_row
+
+from support.rls import Caller, Outcome, claims, run_as, snapshot
+
+SUB_A, SUB_B, SUB_M, SUB_F = (str(uuid.UUID(int=n, version=4)) for n in (1, 2, 3, 4))
+TG = {"A": 1001, "B": 2002, "M": 3003}
+
+CALLERS = {
+    "A": Caller("user A (telegram_id claim)", "authenticated", claims(SUB_A, telegram_id=TG["A"])),
+    "B": Caller(
+        "user B (telegram_id claim as text)", "authenticated", claims(SUB_B, telegram_id=str(TG["B"]))
+    ),
+    "M": Caller("user M (sub only, mapped)", "authenticated", claims(SUB_M, email="m@example.com")),
+    "F": Caller("forged telegram_id claim", "authenticated", claims(SUB_F, telegram_id="1001 OR true")),
+    "anon": Caller("anon", "anon", {"role": "anon"}),
+}
+# Whose rows each caller may see; the forged token and anon own nothing.
+OWNER = {"A": "A", "B": "B", "M": "M", "F": None, "anon": None}
+# Whose lead a caller without a lead of its own tries to use.
+TARGET = {"A": "A", "B": "B", "M": "M", "F": "A", "anon": "A"}
+OTHER = {"A": "B", "B": "A", "M": "A", "F": "B", "anon": "B"}
+COUNTS = "planbus_private.daily_plan_request_counts"
+
+
+@dataclass(frozen=True)
+class World:
+    leads: dict[str, str]
+    requests: dict[str, str]
+    reminders: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def conn(module_database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    with psycopg.connect(module_database_url, autocommit=True, row_factory=dict_row) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def world(conn: psycopg.Connection[dict[str, Any]]) -> World:
+    """A lead, a completed request and a reminder for A, B and M; the mapping for A and M; internals."""
+    leads, requests, reminders = {}, {}, {}
+    for who, telegram_id in TG.items():
+        lead = conn.execute(
+            "INSERT INTO leads (telegram_id, full_name) VALUES (%s, %s) RETURNING id",
+            [telegram_id, f"Lead {who}"],
+        ).fetchone()
+        assert lead is not None
+        request = conn.execute(
+            "INSERT INTO plan_requests (lead_id, telegram_id, status, result)"
+            " VALUES (%s, %s, 'completed', '{}') RETURNING id",
+            [lead["id"], telegram_id],
+        ).fetchone()
+        assert request is not None
+        reminder = conn.execute(
+            "INSERT INTO reminders (lead_id, telegram_id, plan_request_id, step_index, due_at, text)"
+            " VALUES (%s, %s, %s, 0, now(), 'call') RETURNING id",
+            [lead["id"], telegram_id, request["id"]],
+        ).fetchone()
+        assert reminder is not None
+        leads[who], requests[who], reminders[who] = str(lead["id"]), str(request["id"]), str(reminder["id"])
+    conn.execute(
+        "INSERT INTO telegram_users (user_id, telegram_id) VALUES (%s, %s), (%s, %s)",
+        [SUB_A, TG["A"], SUB_M, TG["M"]],
+    )
+    conn.execute(
+        "INSERT INTO planbus_private.plan_request_errors (request_id, attempt, message) VALUES (%s, 1, 'x')",
+        [requests["A"]],
+    )
+    conn.execute("INSERT INTO planbus_private.settings (name, value) VALUES ('webhook_secret', 's3cret')")
+    conn.execute("INSERT INTO planbus_private.telegram_outbox (chat_id, text) VALUES (%s, 'hi')", [TG["A"]])
+    return World(leads, requests, reminders)
+
+
+@pytest.fixture
+def rolled_back(conn: psycopg.Connection[dict[str, Any]]) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """The shared connection inside a transaction that is always rolled back."""
+    with conn.transaction(force_rollback=True):
+        yield conn
+
+
+def ids(outcome: Outcome, column: str = "id") -> set[str]:
+    return {str(row[column]) for row in outcome.rows}
+
+
+def own(world: World, kind: str, who: str) -> set[str]:
+    owner = OWNER[who]
+    return {getattr(world, kind)[owner]} if owner else set()
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+READS = {
+    "leads": ("SELECT id FROM leads", "leads"),
+    "plan_requests": ("SELECT id FROM plan_requests", "requests"),
+    "reminders": ("SELECT id FROM reminders", "reminders"),
+}
+
+
+@pytest.mark.parametrize("table", READS)
+@pytest.mark.parametrize("who", CALLERS)
+def test_a_caller_reads_only_its_own_rows(
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str, table: str
+) -> None:
+    statement, kind = READS[table]
+    outcome = run_as(rolled_back, CALLERS[who], statement)
+    if who == "anon":
+        assert outcome.sqlstate == "42501"
+    else:
+        assert not outcome.refused, outcome.message
+        assert ids(outcome) == own(world, kind, who)
+
+
+@pytest.mark.parametrize("who", CALLERS)
+def test_a_caller_reads_only_its_own_telegram_mapping(
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str
+) -> None:
+    outcome = run_as(rolled_back, CALLERS[who], "SELECT user_id FROM telegram_users")
+    expected = {"A": {SUB_A}, "B": set(), "M": {SUB_M}, "F": set()}
+    if who == "anon":
+        assert outcome.sqlstate == "42501"
+    else:
+        assert ids(outcome, "user_id") == expected[who]
+
+
+@pytest.mark.parametrize("who", CALLERS)
+def test_the_callers_telegram_id_comes_from_the_claim_or_else_the_mapping(
+    rolled_back: psycopg.Connection[dict[str, Any]], who: str
+) -> None:
+    outcome = run_as(rolled_back, CALLERS[who], "SELECT planbus_current_telegram_id() AS id")
+    if who == "anon":
+        assert outcome.sqlstate == "42501"
+    else:
+        owner = OWNER[who]
+        assert outcome.rows == [{"id": TG[owner] if owner else None}]
+
+
+# -- the one write the Mini App may make -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_id", [False, True], ids=["server id", "client id"])
+@pytest.mark.parametrize("who", CALLERS)
+def test_a_caller_may_insert_a_pending_request_only_for_its_own_lead(
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str, with_id: bool
+) -> None:
+    target = TARGET[who]
+    values = {"lead_id": world.leads[target], "telegram_id": TG[target], "status": "pending"}
+    if with_id:
+        values["id"] = str(uuid.uuid4())
+    before = snapshot(rolled_back)
+    outcome = run_as(rolled_back, CALLERS[who], insert(values, returning="id, status, attempts, telegram_id"))
+    if OWNER[who] is None:
+        assert outcome.sqlstate == "42501", outcome.message
+        assert snapshot(rolled_back) == before
+        return
+    assert not outcome.refused, outcome.message
+    [created] = outcome.rows
+    assert (created["status"], created["attempts"], created["telegram_id"]) == ("pending", 0, TG[target])
+    if with_id:
+        assert str(created["id"]) == values["id"]
+    after = snapshot(rolled_back)
+    assert len(after["public.plan_requests"]) == len(before["public.plan_requests"]) + 1
+    # The accepted insert counts against its Telegram user's daily limit (the limit: test_daily_limit.py).
+    today = rolled_back.execute("SELECT (now() AT TIME ZONE 'UTC')::date AS day").fetchone()
+    assert today is not None
+    assert before[COUNTS] == []
+    assert after[COUNTS] == [(TG[target], today["day"], 1)]
+    changed = {"public.plan_requests", COUNTS}
+    assert {k: v for k, v in after.items() if k not in changed} == {
+        k: v for k, v in before.items() if k not in changed
+    }
+
+
+def insert(values: dict[str, Any], *, returning: str = "id") -> q.Composed:
+    return q.SQL("INSERT INTO plan_requests ({}) VALUES ({}) RETURNING {}").format(
+        q.SQL(", ").join(map(q.Identifier, values)),
+        q.SQL(", ").join(map(q.Literal, values.values())),
+        q.SQL(returning),
+    )
+
+
+# -- everything else is refused, and changes nothing -------------------------------------------------------
+
+Statement = Callable[[World, str], q.Composable]
+
+
+def request_as(who: str, world: World, lead_of: str, telegram_of: str, **extra: Any) -> q.Composable:
+    return insert({"lead_id": world.leads[lead_of], "telegram_id": TG[telegram_of], **extra})
+
+
+REFUSED: dict[str, Statement] = {
+    "insert for another user's lead": lambda w, who: request_as(who, w, OTHER[who], TARGET[who]),
+    "insert with another telegram_id": lambda w, who: request_as(who, w, TARGET[who], OTHER[who]),
+    "insert as processing": lambda w, who: request_as(who, w, TARGET[who], TARGET[who], status="processing"),
+    "insert as completed": lambda w, who: request_as(
+        who, w, TARGET[who], TARGET[who], status="completed", result='{"plan": {}}'
+    ),
+    "insert with a result": lambda w, who: request_as(
+        who, w, TARGET[who], TARGET[who], result='{"plan": {}}'
+    ),
+    "insert with an error": lambda w, who: request_as(who, w, TARGET[who], TARGET[who], error="x"),
+    "insert with attempts": lambda w, who: request_as(who, w, TARGET[who], TARGET[who], attempts=1),
+    "insert with a lease": lambda w, who: request_as(
+        who, w, TARGET[who], TARGET[who], lease_expires_at="2030-01-01T00:00:00Z"
+    ),
+    "update a request": lambda w, who: q.SQL("UPDATE plan_requests SET error = 'x' WHERE id = {}").format(
+        q.Literal(w.requests[TARGET[who]])
+    ),
+    "delete a request": lambda w, who: q.SQL("DELETE FROM plan_requests WHERE id = {}").format(
+        q.Literal(w.requests[TARGET[who]])
+    ),
+    "insert a lead": lambda w, who: q.SQL(
+        "INSERT INTO leads (telegram_id, full_name) VALUES ({}, 'x')"
+    ).format(q.Literal(TG[TARGET[who]])),
+    "update a lead": lambda w, who: q.SQL("UPDATE leads SET notes = 'x' WHERE id = {}").format(
+        q.Literal(w.leads[TARGET[who]])
+    ),
+    "delete a lead": lambda w, who: q.SQL("DELETE FROM leads WHERE id = {}").format(
+        q.Literal(w.leads[TARGET[who]])
+    ),
+    "insert a reminder": lambda w, who: q.SQL(
+        "INSERT INTO reminders (lead_id, telegram_id, plan_request_id, step_index, due_at, text)"
+        " VALUES ({}, {}, {}, 9, now(), 'spam')"
+    ).format(q.Literal(w.leads[TARGET[who]]), q.Literal(TG[TARGET[who]]), q.Literal(w.requests[TARGET[who]])),
+    "update a reminder": lambda w, who: q.SQL(
+        "UPDATE reminders SET status = 'cancelled' WHERE id = {}"
+    ).format(q.Literal(w.reminders[TARGET[who]])),
+    "delete a reminder": lambda w, who: q.SQL("DELETE FROM reminders WHERE id = {}").format(
+        q.Literal(w.reminders[TARGET[who]])
+    ),
+    "map itself to another telegram_id": lambda w, who: q.SQL(
+        "INSERT INTO telegram_users (user_id, telegram_id) VALUES ({}, {})"
+    ).format(q.Literal(str(uuid.uuid4())), q.Literal(TG[OTHER[who]])),
+    "change a mapping": lambda w, who: q.SQL("UPDATE telegram_users SET telegram_id = {}").format(
+        q.Literal(TG[OTHER[who]])
+    ),
+    "read the settings": lambda w, who: q.SQL("SELECT * FROM planbus_private.settings"),
+    "read the error history": lambda w, who: q.SQL("SELECT * FROM planbus_private.plan_request_errors"),
+    "read the outbox": lambda w, who: q.SQL("SELECT * FROM planbus_private.telegram_outbox"),
+    "read the migrations": lambda w, who: q.SQL("SELECT * FROM planbus_private.schema_migrations"),
+    "read a setting through its function": lambda w, who: q.SQL(
+        "SELECT planbus_private.setting('webhook_secret')"
+    ),
+}
+
+
+@pytest.mark.parametrize("action", REFUSED)
+@pytest.mark.parametrize("who", CALLERS)
+def test_every_other_action_is_refused_and_changes_nothing(
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str, action: str
+) -> None:
+    before = snapshot(rolled_back)
+    outcome = run_as(rolled_back, CALLERS[who], REFUSED[action](world, who))
+    assert outcome.refused, f"{CALLERS[who]} could {action}: {outcome.rows}"
+    assert outcome.sqlstate in {"42501", "23514"}, outcome.message
+    assert snapshot(rolled_back) == before
+
+
+def planbus_functions(conn: psycopg.Connection[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    return [
+        (r["schema"], r["name"], r["args"])
+        for r in conn.execute(
+            """
+            SELECT n.nspname AS schema, p.proname AS name, p.pronargs AS args
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE (n.nspname = 'public' AND p.proname LIKE 'planbus\\_%%'
+                    AND p.proname <> 'planbus_current_telegram_id')
+                OR n.nspname = 'planbus_private'
+             ORDER BY 1, 2
+            """
+        ).fetchall()
+    ]
+
+
+@pytest.mark.parametrize("who", CALLERS)
+def test_no_planbus_function_may_be_executed_by_the_mini_app(
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str
+) -> None:
+    functions = planbus_functions(rolled_back)
+    assert ("public", "planbus_claim_request", 3) in functions
+    before = snapshot(rolled_back)
+    allowed = []
+    for schema, name, args in functions:
+        call = q.SQL("SELECT {}.{}({})").format(
+            q.Identifier(schema), q.Identifier(name), q.SQL(", ").join([q.NULL] * args)
+        )
+        outcome = run_as(rolled_back, CALLERS[who], call)
+        if outcome.sqlstate != "42501":
+            allowed.append(f"{schema}.{name}: {outcome.sqlstate} {outcome.message}")
+    assert allowed == []
+    assert snapshot(rolled_back) == before

@@ -1,0 +1,290 @@
+"""The AFTER INSERT webhook: the Supabase payload, and its three delivery paths.
+
+pg_net, InsForge's realtime.publish and Supabase Vault are stood in for by plain SQL objects with the same
+names and signatures, created in the test's own database, that record how they were called.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from planbus.db.postgres import PostgresDatabase
+from planbus.errors import DatabaseError
+from support.rls import Caller, claims, run_as
+
+Row = dict[str, Any]
+Conn = psycopg.Connection[dict[str, Any]]
+MakeLead = Callable[..., Row]
+MakeRequest = Callable[..., Row]
+URL = "https://functions.example.test/handle_plan_request"
+SECRET = "webhook-secret-d41d8cd98f00b204"
+
+FAKE_PG_NET = """
+CREATE SCHEMA net;
+CREATE TABLE net.calls (id bigint GENERATED ALWAYS AS IDENTITY, url text, body jsonb, params jsonb,
+                        headers jsonb, timeout_milliseconds int);
+CREATE FUNCTION net.http_post(url text, body jsonb DEFAULT '{}', params jsonb DEFAULT '{}',
+                              headers jsonb DEFAULT '{"Content-Type": "application/json"}',
+                              timeout_milliseconds int DEFAULT 5000) RETURNS bigint
+LANGUAGE sql AS $$
+  INSERT INTO net.calls (url, body, params, headers, timeout_milliseconds)
+  VALUES (url, body, params, headers, timeout_milliseconds) RETURNING id
+$$;
+"""
+
+FAKE_REALTIME = """
+CREATE SCHEMA realtime;
+CREATE TABLE realtime.published (channel text, event text, payload jsonb);
+CREATE FUNCTION realtime.publish(p_channel_name text, p_event_name text, p_payload jsonb) RETURNS uuid
+LANGUAGE sql AS $$
+  INSERT INTO realtime.published VALUES (p_channel_name, p_event_name, p_payload);
+  SELECT gen_random_uuid()
+$$;
+"""
+
+# Vault's current surface: create_secret and update_secret gained a trailing new_key_id argument.
+FAKE_VAULT = """
+CREATE SCHEMA vault;
+CREATE TABLE vault.secrets (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text UNIQUE,
+                            description text, secret text NOT NULL);
+CREATE VIEW vault.decrypted_secrets AS
+  SELECT id, name, description, secret AS decrypted_secret FROM vault.secrets;
+CREATE FUNCTION vault.create_secret(new_secret text, new_name text DEFAULT NULL,
+                                    new_description text DEFAULT '', new_key_id uuid DEFAULT NULL)
+RETURNS uuid
+LANGUAGE sql AS $$
+  INSERT INTO vault.secrets (secret, name, description) VALUES (new_secret, new_name, new_description)
+  RETURNING id
+$$;
+CREATE FUNCTION vault.update_secret(secret_id uuid, new_secret text DEFAULT NULL, new_name text DEFAULT NULL,
+                                    new_description text DEFAULT NULL, new_key_id uuid DEFAULT NULL)
+RETURNS void
+LANGUAGE sql AS $$
+  UPDATE vault.secrets SET secret = coalesce(new_secret, secret) WHERE id = secret_id
+$$;
+"""
+
+
+@pytest.fixture
+def listener(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("LISTEN planbus_events")
+        yield conn
+
+
+def received(listener: psycopg.Connection[Any], *, wait: float = 5) -> list[Any]:
+    return [json.loads(n.payload) for n in listener.notifies(timeout=wait, stop_after=1)]
+
+
+def as_json(sql: Conn, request_id: Any) -> Any:
+    found = sql.execute(
+        "SELECT to_jsonb(p) AS record FROM plan_requests p WHERE id = %s", [request_id]
+    ).fetchone()
+    assert found is not None
+    return found["record"]
+
+
+def store(db: PostgresDatabase, name: str, value: str | None) -> Any:
+    return db.call("planbus_store_setting", p_name=name, p_value=value)
+
+
+def test_an_insert_is_announced_on_planbus_events_in_the_supabase_webhook_shape(
+    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    request = make_request(make_lead())
+    [payload] = received(listener)
+    assert payload == {
+        "type": "INSERT",
+        "table": "plan_requests",
+        "schema": "public",
+        "record": as_json(sql, request["id"]),
+        "old_record": None,
+    }
+    assert payload["record"]["status"] == "pending"
+    assert set(payload["record"]) >= {"id", "lead_id", "telegram_id", "status", "result", "error", "attempts"}
+
+
+def test_an_insert_by_the_mini_app_is_announced_too(
+    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead
+) -> None:
+    lead = make_lead(telegram_id=1001)
+    user = Caller("user", "authenticated", claims("00000000-0000-4000-8000-000000000001", telegram_id=1001))
+    outcome = run_as(
+        sql,
+        user,
+        "INSERT INTO plan_requests (lead_id, telegram_id) VALUES (%s, 1001) RETURNING id",
+        [lead["id"]],
+    )
+    assert not outcome.refused, outcome.message
+    [payload] = received(listener)
+    assert payload["record"]["id"] == str(outcome.rows[0]["id"])
+
+
+def test_a_row_not_inserted_as_pending_is_not_announced(
+    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    make_request(make_lead(), status="failed", error="imported as failed")
+    assert received(listener, wait=0.5) == []
+
+
+def test_pg_net_posts_the_payload_with_url_and_secret_read_from_the_database(
+    db: PostgresDatabase,
+    sql: Conn,
+    listener: psycopg.Connection[Any],
+    make_lead: MakeLead,
+    make_request: MakeRequest,
+) -> None:
+    sql.execute(FAKE_PG_NET)
+    assert store(db, "webhook_url", URL) == {"stored": "settings"}
+    assert store(db, "webhook_secret", SECRET) == {"stored": "settings"}
+    request = make_request(make_lead())
+    [call] = sql.execute("SELECT * FROM net.calls").fetchall()
+    assert call["url"] == URL
+    assert call["headers"] == {"Content-Type": "application/json", "X-Webhook-Secret": SECRET}
+    assert call["timeout_milliseconds"] == 5000
+    assert call["body"] == {
+        "type": "INSERT",
+        "table": "plan_requests",
+        "schema": "public",
+        "record": as_json(sql, request["id"]),
+        "old_record": None,
+    }
+    assert received(listener, wait=0.5) == []
+
+
+def test_a_changed_url_is_used_from_the_next_insert_on(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    sql.execute(FAKE_PG_NET)
+    store(db, "webhook_url", URL)
+    make_request(make_lead(telegram_id=1))
+    store(db, "webhook_url", URL + "?v=2")
+    make_request(make_lead(telegram_id=2))
+    assert [r["url"] for r in sql.execute("SELECT url FROM net.calls ORDER BY id").fetchall()] == [
+        URL,
+        URL + "?v=2",
+    ]
+
+
+def test_with_pg_net_but_no_stored_url_the_local_channel_is_used(
+    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    sql.execute(FAKE_PG_NET)
+    make_request(make_lead())
+    assert len(received(listener)) == 1
+    assert sql.execute("SELECT count(*) AS n FROM net.calls").fetchone() == {"n": 0}
+
+
+def test_url_and_secret_are_never_part_of_the_trigger_or_any_function(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    sql.execute(FAKE_PG_NET)
+    store(db, "webhook_url", URL)
+    store(db, "webhook_secret", SECRET)
+    make_request(make_lead())
+    definitions = sql.execute(
+        """
+        SELECT pg_get_triggerdef(t.oid) AS text FROM pg_trigger t
+         WHERE t.tgrelid = 'public.plan_requests'::regclass
+        UNION ALL
+        SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname IN ('public', 'planbus_private')
+        """
+    ).fetchall()
+    assert any("dispatch_plan_request" in d["text"] for d in definitions)
+    leaks = [d["text"][:80] for d in definitions if URL in d["text"] or SECRET in d["text"]]
+    assert leaks == []
+
+
+def test_vault_holds_the_settings_where_it_exists(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    sql.execute(FAKE_PG_NET)
+    store(db, "webhook_secret", "stored-before-vault-existed")
+    sql.execute(FAKE_VAULT)
+    assert store(db, "webhook_url", URL) == {"stored": "vault"}
+    assert store(db, "webhook_secret", "first") == {"stored": "vault"}
+    assert store(db, "webhook_secret", SECRET) == {"stored": "vault"}  # updated in place
+    secrets = sql.execute("SELECT name, secret, description FROM vault.secrets ORDER BY name").fetchall()
+    assert secrets == [
+        {"name": "planbus_webhook_secret", "secret": SECRET, "description": "planbus setting"},
+        {"name": "planbus_webhook_url", "secret": URL, "description": "planbus setting"},
+    ]
+    plain = sql.execute("SELECT name FROM planbus_private.settings WHERE name LIKE 'webhook%'").fetchall()
+    assert plain == []
+    make_request(make_lead())
+    [call] = sql.execute("SELECT url, headers FROM net.calls").fetchall()
+    assert (call["url"], call["headers"]["X-Webhook-Secret"]) == (URL, SECRET)
+
+
+def test_realtime_publish_gets_the_payload_where_pg_net_is_absent(
+    db: PostgresDatabase,
+    sql: Conn,
+    listener: psycopg.Connection[Any],
+    make_lead: MakeLead,
+    make_request: MakeRequest,
+) -> None:
+    sql.execute(FAKE_REALTIME)
+    first = make_request(make_lead(telegram_id=1))
+    store(db, "realtime_channel", "planbus_webhooks")
+    second = make_request(make_lead(telegram_id=2))
+    published = sql.execute("SELECT channel, event, payload FROM realtime.published").fetchall()
+    assert [(p["channel"], p["event"]) for p in published] == [
+        ("planbus", "plan_request_inserted"),
+        ("planbus_webhooks", "plan_request_inserted"),
+    ]
+    assert published[0]["payload"] == {
+        "type": "INSERT",
+        "table": "plan_requests",
+        "schema": "public",
+        "record": as_json(sql, first["id"]),
+        "old_record": None,
+    }
+    assert published[1]["payload"]["record"]["id"] == str(second["id"])
+    assert received(listener, wait=0.5) == []
+
+
+def test_a_failing_delivery_path_does_not_refuse_the_insert(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+) -> None:
+    sql.execute(FAKE_PG_NET)
+    sql.execute(
+        "CREATE OR REPLACE FUNCTION net.http_post(url text, body jsonb DEFAULT '{}',"
+        " params jsonb DEFAULT '{}', headers jsonb DEFAULT '{}', timeout_milliseconds int DEFAULT 5000)"
+        " RETURNS bigint"
+        " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'queue is full'; END $$"
+    )
+    store(db, "webhook_url", URL)
+    warnings: list[str] = []
+    sql.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
+    request = make_request(make_lead())
+    assert request["status"] == "pending"
+    assert any("not sent" in w and "queue is full" in w for w in warnings)
+    # The sweeper's query finds it once the grace period has passed.
+    sql.execute(
+        "UPDATE plan_requests SET run_after = now() - interval '1 hour' WHERE id = %s", [request["id"]]
+    )
+    assert db.call("planbus_find_lost_requests", p_grace_seconds=60, p_limit=10) == [str(request["id"])]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("Webhook URL", "x", "not a setting name"),
+        ("webhook_url; drop table leads", "x", "not a setting name"),
+        ("webhook_url", None, "setting webhook_url needs a value"),
+    ],
+)
+def test_a_bad_setting_is_refused_and_nothing_is_stored(
+    db: PostgresDatabase, sql: Conn, name: str, value: str | None, message: str
+) -> None:
+    before = sql.execute("SELECT * FROM planbus_private.settings ORDER BY name").fetchall()
+    with pytest.raises(DatabaseError, match=message) as refused:
+        store(db, name, value)
+    assert refused.value.sqlstate == "22023"
+    assert sql.execute("SELECT * FROM planbus_private.settings ORDER BY name").fetchall() == before

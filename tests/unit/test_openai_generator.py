@@ -1,0 +1,282 @@
+"""The OpenAI generator against a fake API at the HTTP level (the openai client's own httpx2 transport)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date
+from typing import Any
+
+import httpx2
+import pytest
+
+from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
+from planbus.errors import ConfigurationError, GenerationError
+from planbus.llm import make_generator
+from planbus.llm.offline import OfflineGenerator
+from planbus.llm.openai_generator import OpenAIGenerator
+from planbus.models import LeadFacts, Plan
+from planbus.settings import Settings
+
+LEAD = LeadFacts(
+    id=uuid.uuid4(),
+    full_name="Ada Lovelace",
+    company="Analytical Engines Ltd",
+    title="Head of Research",
+    notes="Met at the Royal Society. Wants to automate Bernoulli tables.",
+    status="contacted",
+)
+TODAY = date(2026, 11, 28)
+
+
+def generator(fake: FakeOpenAI, **options: Any) -> tuple[OpenAIGenerator, list[float]]:
+    slept: list[float] = []
+    made = OpenAIGenerator(
+        api_key="sk-test-key",
+        model="gpt-5-mini",
+        base_url="https://llm.example.test/v1",
+        timeout=options.pop("timeout", 20.0),
+        http_client=fake.client(),
+        sleep=slept.append,
+        **options,
+    )
+    return made, slept
+
+
+def failure(fake: FakeOpenAI, **options: Any) -> GenerationError:
+    made, _ = generator(fake, **options)
+    with pytest.raises(GenerationError) as caught:
+        made.generate(LEAD, today=TODAY)
+    return caught.value
+
+
+def test_the_request_carries_the_plan_schema_as_strict_response_format() -> None:
+    fake = FakeOpenAI(completion(VALID_PLAN))
+    made, _ = generator(fake)
+    made.generate(LEAD, today=TODAY)
+
+    (request,) = fake.requests
+    assert str(request.url) == "https://llm.example.test/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer sk-test-key"
+    body = json.loads(request.content)
+    assert body["model"] == "gpt-5-mini"
+    response_format = body["response_format"]
+    assert response_format["type"] == "json_schema"
+    assert response_format["json_schema"]["strict"] is True
+    schema = response_format["json_schema"]["schema"]
+    assert schema["required"] == ["summary", "steps"]
+    assert schema["additionalProperties"] is False
+    step = schema["$defs"]["PlanStep"]
+    assert step["required"] == ["day_offset", "channel", "action", "message_draft", "goal"]
+    assert step["properties"]["channel"]["enum"][:3] == ["telegram", "email", "linkedin"]
+    assert step["properties"]["day_offset"]["maximum"] == 90
+    # Lengths travel as descriptions: strict structured outputs reject string length keywords.
+    assert "maxLength" not in json.dumps(schema)
+    assert "at most 1200 characters" in step["properties"]["message_draft"]["description"]
+
+
+def test_the_request_carries_the_lead_facts_and_previous_plan() -> None:
+    fake = FakeOpenAI(completion(VALID_PLAN))
+    made, _ = generator(fake)
+    lead = LEAD.model_copy(update={"plan": {"summary": "Earlier: invite to the salon", "steps": []}})
+    made.generate(lead, today=TODAY)
+
+    system, user = json.loads(fake.requests[0].content)["messages"]
+    assert system["role"] == "system" and "engagement plan" in system["content"]
+    assert user["role"] == "user"
+    for fact in (
+        "Ada Lovelace",
+        "Analytical Engines Ltd",
+        "Head of Research",
+        "contacted",
+        "Wants to automate Bernoulli tables.",
+        "Earlier: invite to the salon",
+        "2026-11-28",
+    ):
+        assert fact in user["content"]
+
+
+def test_a_valid_answer_becomes_a_plan_with_its_provenance() -> None:
+    made, _ = generator(FakeOpenAI(completion(VALID_PLAN, model="gpt-5-mini-2026-08-07")))
+    generation = made.generate(LEAD, today=TODAY)
+
+    assert generation.plan == Plan.model_validate(VALID_PLAN)
+    assert type(generation.plan) is Plan
+    assert generation.model == "gpt-5-mini-2026-08-07"
+    assert generation.usage is not None
+    assert (generation.usage.prompt_tokens, generation.usage.completion_tokens) == (812, 345)
+    assert generation.usage.total_tokens == 1157
+    assert generation.response_id == "chatcmpl-test-1"
+    assert made.name == "openai"
+
+
+def test_a_rate_limit_is_retried_after_the_servers_retry_after() -> None:
+    fake = FakeOpenAI(
+        api_error(429, "Rate limit reached", code="rate_limit_exceeded", headers={"retry-after": "1.5"}),
+        completion(VALID_PLAN),
+    )
+    made, slept = generator(fake)
+
+    generation = made.generate(LEAD, today=TODAY)
+
+    assert generation.plan.steps[0].channel == "telegram"
+    assert len(fake.requests) == 2
+    assert slept == [1.5]
+
+
+def test_server_errors_are_retried_with_backoff_then_reported_as_retryable() -> None:
+    fake = FakeOpenAI(api_error(503, "The server is overloaded"))
+    error = failure(fake, backoff=0.25)
+
+    assert error.retryable
+    assert str(error) == "OpenAI answered 503: The server is overloaded (after 3 tries)"
+    assert len(fake.requests) == 3
+
+
+def test_backoff_grows_between_tries() -> None:
+    fake = FakeOpenAI(api_error(500, "boom"))
+    made, slept = generator(fake, backoff=1.0)
+    with pytest.raises(GenerationError):
+        made.generate(LEAD, today=TODAY)
+    assert len(slept) == 2
+    assert 0.8 <= slept[0] <= 1.2 and 1.6 <= slept[1] <= 2.4
+
+
+def test_a_timeout_is_retryable_and_says_how_long_it_waited() -> None:
+    fake = FakeOpenAI(timeout)
+    error = failure(fake, max_tries=1, timeout=7.5)
+
+    assert error.retryable
+    assert str(error) == "OpenAI did not answer within 7.5 s"
+
+
+def test_a_connection_failure_is_retryable() -> None:
+    fake = FakeOpenAI(httpx2.ConnectError("connection refused"))
+    error = failure(fake, max_tries=1)
+
+    assert error.retryable
+    assert str(error).startswith("could not reach OpenAI: Connection error.")
+
+
+def test_a_retry_after_longer_than_the_budget_gives_up_at_once_as_retryable() -> None:
+    fake = FakeOpenAI(api_error(429, "Slow down", headers={"retry-after": "30"}))
+    made, slept = generator(fake, timeout=10.0)
+    with pytest.raises(GenerationError) as caught:
+        made.generate(LEAD, today=TODAY)
+
+    assert caught.value.retryable
+    assert slept == []
+    assert len(fake.requests) == 1
+
+
+def test_each_try_gets_only_what_is_left_of_the_budget() -> None:
+    seen: list[float] = []
+
+    def record_timeout(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.extensions["timeout"]["read"])
+        return api_error(500, "boom")
+
+    made, _ = generator(FakeOpenAI(record_timeout), timeout=5.0)
+    with pytest.raises(GenerationError):
+        made.generate(LEAD, today=TODAY)
+    assert len(seen) == 3
+    assert all(0 < value <= 5.0 for value in seen)
+    assert seen == sorted(seen, reverse=True)
+
+
+def test_a_refusal_fails_permanently_with_the_models_words() -> None:
+    error = failure(FakeOpenAI(completion(None, refusal="I can't help with that request.")))
+
+    assert not error.retryable
+    assert str(error) == "the model refused to write a plan: I can't help with that request."
+
+
+def test_an_answer_that_is_not_json_fails_permanently() -> None:
+    fake = FakeOpenAI(completion('{"summary": "Open with'))
+    error = failure(fake)
+
+    assert not error.retryable
+    assert str(error).startswith("the model's answer is not a valid plan: Invalid JSON")
+    assert len(fake.requests) == 1
+
+
+def test_an_answer_outside_the_plan_bounds_fails_permanently_naming_the_field() -> None:
+    unordered = {**VALID_PLAN, "steps": list(reversed(VALID_PLAN["steps"]))}
+    error = failure(FakeOpenAI(completion(unordered)))
+
+    assert not error.retryable
+    assert "steps must be in order: step 2 is on day 3, before step 1 on day 7" in str(error)
+
+
+def test_a_cut_off_answer_fails_permanently() -> None:
+    error = failure(FakeOpenAI(completion('{"summary": "', finish_reason="length")))
+
+    assert not error.retryable
+    assert str(error) == "the answer was cut off at the token limit before the plan was complete"
+
+
+def test_a_content_filter_stop_fails_permanently() -> None:
+    error = failure(FakeOpenAI(completion(None, finish_reason="content_filter")))
+
+    assert not error.retryable
+    assert str(error) == "OpenAI's content filter stopped the answer"
+
+
+def test_a_wrong_api_key_fails_permanently_with_the_apis_message() -> None:
+    fake = FakeOpenAI(api_error(401, "Incorrect API key provided: sk-te***key.", code="invalid_api_key"))
+    error = failure(fake)
+
+    assert not error.retryable
+    assert str(error) == "OpenAI answered 401: Incorrect API key provided: sk-te***key."
+    assert len(fake.requests) == 1
+
+
+def test_other_client_errors_fail_permanently() -> None:
+    error = failure(FakeOpenAI(api_error(400, "Invalid schema for response_format 'EngagementPlan'")))
+
+    assert not error.retryable
+    assert str(error) == "OpenAI answered 400: Invalid schema for response_format 'EngagementPlan'"
+
+
+def test_an_exhausted_quota_is_not_retried() -> None:
+    fake = FakeOpenAI(api_error(429, "You exceeded your current quota", code="insufficient_quota"))
+    error = failure(fake)
+
+    assert not error.retryable
+    assert len(fake.requests) == 1
+
+
+def test_without_an_api_key_the_offline_generator_is_the_default() -> None:
+    assert isinstance(make_generator(Settings()), OfflineGenerator)
+
+
+def test_with_an_api_key_the_openai_generator_uses_the_openai_settings() -> None:
+    settings = Settings(
+        openai_api_key="sk-live",
+        openai_model="gpt-5",
+        openai_base_url="http://localhost:11434/v1",
+        openai_timeout=12,
+    )
+    made = make_generator(settings)
+
+    assert isinstance(made, OpenAIGenerator)
+    assert (made.model, made.timeout) == ("gpt-5", 12)
+
+
+def test_the_openai_base_url_setting_directs_the_requests() -> None:
+    fake = FakeOpenAI(completion(VALID_PLAN))
+    settings = Settings(openai_api_key="sk-live", openai_base_url="http://localhost:11434/v1")
+    make_generator(settings, http_client=fake.client()).generate(LEAD, today=TODAY)
+
+    assert str(fake.requests[0].url) == "http://localhost:11434/v1/chat/completions"
+
+
+def test_choosing_openai_without_a_key_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="PLAN_GENERATOR=openai needs OPENAI_API_KEY"):
+        make_generator(Settings(plan_generator="openai"))
+
+
+def test_offline_can_be_chosen_even_with_a_key() -> None:
+    assert isinstance(
+        make_generator(Settings(openai_api_key="sk", plan_generator="offline")), OfflineGenerator
+    )
