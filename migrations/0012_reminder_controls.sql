@@ -266,3 +266,7 @@ GRANT EXECUTE ON FUNCTION public.cancel_my_reminder(uuid), public.snooze_my_remi
   TO authenticated, service_role;
 
 SELECT planbus_private.secure_functions();
+
+-- PostgREST caches the schema: a PostgREST listening on its channel learns of the new rpc calls at commit
+-- (Supabase reloads on DDL by itself). Without a listener the notice is simply dropped.
+NOTIFY pgrst, 'reload schema';
