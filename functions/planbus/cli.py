@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": "run the whole flow once on a local stack and exit",
     "status": "queue depth, oldest pending age, stale rows, recent failures",
     "limits": "show or change the daily plan-request limit per user",
+    "leads": "show or change the lead statuses that stop a lead's reminders",
 }
 
 

@@ -2,8 +2,9 @@
 
 Callers: two users whose tokens carry a `telegram_id` claim (as a number and as a string), a user known only
 by `sub` through the telegram_users mapping (InsForge re-mints tokens without custom claims), a token whose
-`telegram_id` claim is forged junk, and `anon`. Each case runs in a transaction that is rolled back, so the
-cases share one database; a refused action must also leave every table exactly as it was.
+`telegram_id` claim is forged junk, and `anon`; for the reminder controls also the service role, whose
+claims name no user. Each case runs in a transaction that is rolled back, so the cases share one database;
+a refused action must also leave every table exactly as it was.
 """
 
 from __future__ import annotations
@@ -306,3 +307,52 @@ def test_no_planbus_function_may_be_executed_by_the_mini_app(
             allowed.append(f"{schema}.{name}: {outcome.sqlstate} {outcome.message}")
     assert allowed == []
     assert snapshot(rolled_back) == before
+
+
+# -- the Mini App's reminder controls: one's own scheduled reminder, nobody else's ------------------------
+
+# The matrix's callers, and the service role with no user in its claims (as its key is).
+CONTROL_CALLERS = {
+    **CALLERS,
+    "service": Caller("service role (no user claims)", "service_role", {"role": "service_role"}),
+}
+CONTROLS = {
+    "cancel": "SELECT id, status, error, due_at FROM cancel_my_reminder({})",
+    "snooze": "SELECT id, status, error, due_at FROM snooze_my_reminder({}, now() + interval '1 day')",
+}
+
+
+@pytest.mark.parametrize("whose", ["own", "another user's"])
+@pytest.mark.parametrize("control", CONTROLS)
+@pytest.mark.parametrize("who", CONTROL_CALLERS)
+def test_a_caller_may_cancel_or_snooze_only_its_own_reminder(
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str, control: str, whose: str
+) -> None:
+    target = world.reminders[TARGET.get(who, "A") if whose == "own" else OTHER.get(who, "B")]
+    before = snapshot(rolled_back)
+    outcome = run_as(rolled_back, CONTROL_CALLERS[who], q.SQL(CONTROLS[control]).format(q.Literal(target)))
+    if OWNER.get(who) is None:
+        # anon may not execute them; a token naming no Telegram user acts for nobody.
+        assert outcome.sqlstate == "42501", outcome.message
+        assert snapshot(rolled_back) == before
+        return
+    if whose != "own":
+        assert (outcome.sqlstate, outcome.message) == ("PT404", f"reminder {target} not found")
+        assert snapshot(rolled_back) == before
+        return
+    assert not outcome.refused, outcome.message
+    [changed] = outcome.rows
+    assert str(changed["id"]) == target
+    if control == "cancel":
+        assert (changed["status"], changed["error"]) == ("cancelled", "cancelled by the user")
+    else:
+        # One transaction (the savepoint's): now() here is the now() the snooze was computed from.
+        moved = rolled_back.execute("SELECT now() + interval '1 day' AS due_at").fetchone()
+        assert moved is not None
+        assert (changed["status"], changed["due_at"]) == ("scheduled", moved["due_at"])
+    after = snapshot(rolled_back)
+    untouched = [row for row in after["public.reminders"] if str(row[0]) != target]
+    assert untouched == [row for row in before["public.reminders"] if str(row[0]) != target]
+    assert {k: v for k, v in after.items() if k != "public.reminders"} == {
+        k: v for k, v in before.items() if k != "public.reminders"
+    }

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-Role = Literal["anon", "authenticated"]
+Role = Literal["anon", "authenticated", "service_role"]
 
 # Every table planbus keeps, public and private, in a fixed order for snapshots.
 TABLES = (
