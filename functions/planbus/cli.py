@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": "run the whole flow once on a local stack and exit",
     "status": "queue depth, oldest pending age, stale rows, recent failures",
     "limits": "show or change the daily plan-request limit per user",
+    "deploy": "deploy to Google Cloud (what ./deploy.sh runs): check, then run or print every command",
 }
 
 
