@@ -206,6 +206,25 @@ def test_supabase_cron_schedules_through_the_database_and_removes_cloud_schedule
     assert headers["X-Webhook-Secret"] == values["WEBHOOK_SECRET"]
 
 
+def test_on_insforge_each_kind_s_channel_calls_its_webhook_function(
+    tmp_path: Path, database_url: str
+) -> None:
+    """InsForge deploys the same way; its triggers publish to one realtime channel per kind."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute((FAKES / "insforge_realtime.sql").read_text().encode())
+    values = {**valid_values(database_url), "REALTIME_CHANNEL": "crm"}
+    run = succeeded(deploy(write_env(tmp_path / "env", values), tmp_path / "cloud"))
+    with psycopg.connect(database_url) as conn:
+        channels = dict(conn.execute("SELECT pattern, webhook_urls FROM realtime.channels").fetchall())
+    secret = values["WEBHOOK_SECRET"]
+    assert channels == {
+        f"crm-{kind.name}": [f"{url_of(kind.webhook_target)}?token={secret}"] for kind in KINDS
+    }
+    assert "published to the realtime channel 'crm-plan'" in run.result.stdout
+    assert secret not in run.text()
+    assert [call[3] for call in run.commands("tasks", "queues", "create")] == [QUEUE]
+
+
 @pytest.mark.parametrize(
     ("change", "args", "environ", "message"),
     [

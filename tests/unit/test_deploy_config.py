@@ -13,6 +13,7 @@ from pathlib import Path
 import functions_framework
 import pytest
 
+from planbus.cli import main as planbus
 from planbus.deploy.config import DEPLOY_SETS, DEPLOY_VARIABLES, check, secret_settings, setting_names
 from planbus.deploy.console import Console, quote
 from planbus.deploy.envfile import from_environment, load_values, parse_env_file
@@ -497,3 +498,18 @@ def test_an_include_directive_is_refused(tmp_path: Path) -> None:
     ignore.write_text("#!include:.gitignore\n")
     with pytest.raises(ConfigurationError, match="#!include"):
         IgnoreFile.read(ignore)
+
+
+def test_configure_check_reads_the_env_file_as_deploy_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = tmp_path / "env"
+    env.write_text("".join(f"{name}={value}\n" for name, value in VALID.items()))
+    assert planbus(["configure", "check", f"--env={env}"]) == 0
+    assert (
+        f"configuration of {env} is valid: {len(infra_targets())} functions, 2 schedules"
+        in capsys.readouterr().out
+    )
+    env.write_text("".join(f"{name}={value}\n" for name, value in VALID.items()) + "DISPATCH=soon\n")
+    assert planbus(["configure", "check", f"--env={env}"]) == 1
+    assert "DISPATCH must be one of cloud-tasks, inline, not 'soon'" in capsys.readouterr().err
