@@ -215,7 +215,8 @@ def test_on_insforge_each_kind_s_channel_calls_its_webhook_function(
     values = {**valid_values(database_url), "REALTIME_CHANNEL": "crm"}
     run = succeeded(deploy(write_env(tmp_path / "env", values), tmp_path / "cloud"))
     with psycopg.connect(database_url) as conn:
-        channels = dict(conn.execute("SELECT pattern, webhook_urls FROM realtime.channels").fetchall())
+        rows = conn.execute("SELECT pattern, webhook_urls FROM realtime.channels").fetchall()
+    channels: dict[str, list[str]] = dict(rows)
     secret = values["WEBHOOK_SECRET"]
     assert channels == {
         f"crm-{kind.name}": [f"{url_of(kind.webhook_target)}?token={secret}"] for kind in KINDS

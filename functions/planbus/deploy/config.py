@@ -212,14 +212,15 @@ def check(values: Mapping[str, str], infra: Path) -> Deployment:
 
 def _dispatch_preview(values: Mapping[str, str], queue: QueueSpec | None) -> dict[str, str]:
     """The dispatch settings deploy will set, with stand-ins for the URLs it learns only by deploying."""
-    project, region = values.get("GCP_PROJECT", ""), values.get("GCP_REGION", "")
-    if (values.get("DISPATCH") or "cloud-tasks") != "cloud-tasks" or queue is None:
+    if (values.get("DISPATCH") or DEPLOY_VARIABLES["DISPATCH"][0]) != "cloud-tasks" or queue is None:
         return {"DISPATCH": "inline"}
-    account = values.get("CLOUD_TASKS_SERVICE_ACCOUNT") or f"planbus-tasks@{project}.iam.gserviceaccount.com"
+    project, region = values.get("GCP_PROJECT", ""), values.get("GCP_REGION", "")
+    default_account = DEPLOY_VARIABLES["CLOUD_TASKS_SERVICE_ACCOUNT"][0]
     return {
         "DISPATCH": "cloud-tasks",
         "CLOUD_TASKS_QUEUE": f"projects/{project}/locations/{region}/queues/{queue.queue}",
-        "CLOUD_TASKS_SERVICE_ACCOUNT": account,
+        "CLOUD_TASKS_SERVICE_ACCOUNT": values.get("CLOUD_TASKS_SERVICE_ACCOUNT")
+        or default_account.replace("<project>", f"{project}.iam.gserviceaccount.com"),
         **{
             kind.worker_url_variable: f"https://{kind.worker_target.replace('_', '-')}.invalid"
             for kind in KINDS
