@@ -1,6 +1,6 @@
-"""`planbus configure`'s database side: the webhook settings the trigger reads, InsForge's realtime channel,
-and Supabase Cron jobs. InsForge's realtime schema and Supabase's pg_cron/pg_net do not exist on the test
-server: tests/fakes/*.sql stand in for them with their real table and function signatures."""
+"""`planbus configure`'s database side: each kind's webhook settings its trigger reads, InsForge's realtime
+channels, and Supabase Cron jobs. InsForge's realtime schema and Supabase's pg_cron/pg_net do not exist
+on the test server: tests/fakes/*.sql stand in for them with their real table and function signatures."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ import pytest
 
 from planbus.cli import main as planbus
 from planbus.deploy.database import configure_webhook, schedule_cron, token_url, unschedule_cron
+from planbus.deploy.kinds import KINDS
 from planbus.errors import ConfigurationError
 from planbus.settings import get_settings
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 URL = "https://handle-plan-request-fake123-ew.a.run.app"
+DRAFT_URL = "https://handle-draft-request-fake123-ew.a.run.app"
 SECRET = "s" * 20 + "-rotation-1-" + "t" * 20
+PLAN, DRAFT = KINDS
 
 
 def install(database_url: str, fake: str) -> None:
@@ -26,7 +29,12 @@ def install(database_url: str, fake: str) -> None:
         conn.execute((FAKES / fake).read_text().encode())
 
 
-WEBHOOK_SETTINGS = ("webhook_url", "webhook_secret", "realtime_channel")
+WEBHOOK_SETTINGS = (
+    "webhook_url",
+    "webhook_secret",
+    "realtime_channel",
+    *(name for kind in KINDS for name in (kind.webhook_url_setting, kind.channel_setting)),
+)
 
 
 def settings_table(sql: psycopg.Connection[dict[str, Any]]) -> dict[str, str]:
@@ -40,30 +48,45 @@ def settings_table(sql: psycopg.Connection[dict[str, Any]]) -> dict[str, str]:
 def test_the_webhook_url_and_secret_are_stored_where_the_trigger_reads_them(
     database_url: str, sql: psycopg.Connection[dict[str, Any]]
 ) -> None:
-    report = configure_webhook(database_url, URL, SECRET, "planbus")
+    report = configure_webhook(database_url, PLAN, URL, SECRET, "planbus-plan")
     assert settings_table(sql) == {
-        "webhook_url": URL,
+        "webhook_url_plan": URL,
+        "realtime_channel_plan": "planbus-plan",
         "webhook_secret": SECRET,
-        "realtime_channel": "planbus",
+        # what migration 0006's trigger on plan_requests reads
+        "webhook_url": URL,
+        "realtime_channel": "planbus-plan",
     }
     read = sql.execute("SELECT planbus_private.setting('webhook_secret') AS value").fetchone()
     assert read == {"value": SECRET}
     assert report.delivery == "notify"
     assert any(
-        "WARNING: this database has neither pg_net nor realtime.publish" in line for line in report.lines()
+        "WARNING: this database has neither pg_net nor realtime.publish: new plan_requests rows" in line
+        for line in report.lines()
     )
+
+
+def test_a_second_kind_gets_its_own_settings_beside_the_first(
+    database_url: str, sql: psycopg.Connection[dict[str, Any]]
+) -> None:
+    configure_webhook(database_url, PLAN, URL, SECRET, "planbus-plan")
+    report = configure_webhook(database_url, DRAFT, DRAFT_URL, SECRET, "planbus-draft")
+    stored = settings_table(sql)
+    assert (stored["webhook_url_draft"], stored["realtime_channel_draft"]) == (DRAFT_URL, "planbus-draft")
+    assert (stored["webhook_url"], stored["webhook_url_plan"]) == (URL, URL)
+    assert report.lines()[0] == "webhook URL and secret for draft_requests stored in settings"
 
 
 def test_configuring_twice_keeps_one_row_per_setting_with_the_latest_value(
     database_url: str, sql: psycopg.Connection[dict[str, Any]]
 ) -> None:
-    configure_webhook(database_url, URL, SECRET, "planbus")
-    configure_webhook(database_url, URL, SECRET.replace("1", "2"), "planbus")
+    configure_webhook(database_url, PLAN, URL, SECRET, "planbus-plan")
+    configure_webhook(database_url, PLAN, URL, SECRET.replace("1", "2"), "planbus-plan")
     assert settings_table(sql)["webhook_secret"] == SECRET.replace("1", "2")
     count = sql.execute(
         "SELECT count(*) AS n FROM planbus_private.settings WHERE name = ANY(%s)", (list(WEBHOOK_SETTINGS),)
     ).fetchone()
-    assert count == {"n": 3}
+    assert count == {"n": 5}
 
 
 def test_insforge_channel_gets_the_function_url_with_the_token_and_keeps_other_subscribers(
@@ -71,13 +94,14 @@ def test_insforge_channel_gets_the_function_url_with_the_token_and_keeps_other_s
 ) -> None:
     install(database_url, "insforge_realtime.sql")
     sql.execute(
-        "INSERT INTO realtime.channels (pattern, webhook_urls) VALUES ('planbus', ARRAY['https://audit.example/hook'])"
+        "INSERT INTO realtime.channels (pattern, webhook_urls) "
+        "VALUES ('planbus-plan', ARRAY['https://audit.example/hook'])"
     )
-    report = configure_webhook(database_url, URL, SECRET, "planbus")
+    report = configure_webhook(database_url, PLAN, URL, SECRET, "planbus-plan")
     rotated = SECRET.replace("1", "2")
-    configure_webhook(database_url, URL, rotated, "planbus")
+    configure_webhook(database_url, PLAN, URL, rotated, "planbus-plan")
     row = sql.execute(
-        "SELECT webhook_urls, enabled FROM realtime.channels WHERE pattern = 'planbus'"
+        "SELECT webhook_urls, enabled FROM realtime.channels WHERE pattern = 'planbus-plan'"
     ).fetchone()
     assert row == {"webhook_urls": ["https://audit.example/hook", f"{URL}?token={rotated}"], "enabled": True}
     assert report.delivery == "realtime"
@@ -92,7 +116,7 @@ def test_a_plan_request_on_insforge_is_published_to_the_configured_channel(
     make_request: Callable[..., dict[str, Any]],
 ) -> None:
     install(database_url, "insforge_realtime.sql")
-    configure_webhook(database_url, URL, SECRET, "planbus-prod")
+    configure_webhook(database_url, PLAN, URL, SECRET, "planbus-prod")
     request = make_request(make_lead())
     published = sql.execute("SELECT channel, payload FROM realtime.published").fetchall()
     assert [row["channel"] for row in published] == ["planbus-prod"]
@@ -103,6 +127,33 @@ def test_a_plan_request_on_insforge_is_published_to_the_configured_channel(
     assert channel == {"webhook_urls": [f"{URL}?token={SECRET}"]}
 
 
+def test_each_kind_s_function_leaves_the_channels_it_was_on_before(
+    database_url: str, sql: psycopg.Connection[dict[str, Any]]
+) -> None:
+    """Before the channels carried the kind, the plan function was on the channel named REALTIME_CHANNEL."""
+    install(database_url, "insforge_realtime.sql")
+    sql.execute(
+        "INSERT INTO realtime.channels (pattern, webhook_urls) "
+        "VALUES ('planbus', ARRAY['https://audit.example/hook', %s])",
+        (f"{URL}?token=old",),
+    )
+    configure_webhook(database_url, PLAN, URL, SECRET, "planbus-plan")
+    configure_webhook(database_url, DRAFT, DRAFT_URL, SECRET, "planbus-draft")
+    channels = dict(
+        (row["pattern"], row["webhook_urls"])
+        for row in sql.execute("SELECT pattern, webhook_urls FROM realtime.channels")
+    )
+    assert channels == {
+        "planbus": ["https://audit.example/hook"],
+        "planbus-plan": [f"{URL}?token={SECRET}"],
+        "planbus-draft": [f"{DRAFT_URL}?token={SECRET}"],
+    }
+    described = sql.execute(
+        "SELECT description FROM realtime.channels WHERE pattern = 'planbus-draft'"
+    ).fetchone()
+    assert described == {"description": "planbus: new draft_requests rows for handle_draft_request"}
+
+
 def test_the_token_is_url_encoded_and_added_to_an_existing_query() -> None:
     assert token_url(URL, "a b&c") == f"{URL}?token=a+b%26c"
     assert token_url(f"{URL}?x=1", "k") == f"{URL}?x=1&token=k"
@@ -111,12 +162,12 @@ def test_the_token_is_url_encoded_and_added_to_an_existing_query() -> None:
 @pytest.mark.parametrize("url", ["http://plain.example/f", f"{URL}?token=already", "not a url"])
 def test_a_function_url_must_be_https_without_a_query(database_url: str, url: str) -> None:
     with pytest.raises(ConfigurationError, match="https://"):
-        configure_webhook(database_url, url, SECRET, "planbus")
+        configure_webhook(database_url, PLAN, url, SECRET, "planbus-plan")
 
 
 def test_configuring_an_unmigrated_database_says_to_migrate_first(fresh_database: Callable[..., str]) -> None:
     with pytest.raises(ConfigurationError, match="run `planbus migrate` first"):
-        configure_webhook(fresh_database(), URL, SECRET, "planbus")
+        configure_webhook(fresh_database(), PLAN, URL, SECRET, "planbus-plan")
 
 
 def test_cron_jobs_read_the_url_and_secret_at_run_time(
@@ -139,7 +190,7 @@ def test_cron_jobs_read_the_url_and_secret_at_run_time(
     assert job is not None and job["schedule"] == "* * * * *"
     assert SECRET not in job["command"] and function_url not in job["command"]
     rotated = SECRET.replace("1", "2")
-    configure_webhook(database_url, URL, rotated, "planbus")
+    configure_webhook(database_url, PLAN, URL, rotated, "planbus-plan")
     sql.execute(job["command"])
     sent = sql.execute("SELECT url, body, headers, timeout_milliseconds FROM net.requests").fetchone()
     assert sent == {
@@ -196,11 +247,12 @@ def test_the_command_reads_database_url_and_secret_from_the_settings(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
-    assert planbus(["configure", "webhook", f"--url={URL}", "--channel=planbus"]) == 0
-    assert settings_table(sql)["webhook_url"] == URL
+    assert planbus(["configure", "webhook", "--kind=draft", f"--url={DRAFT_URL}"]) == 0
+    stored = settings_table(sql)
+    assert (stored["webhook_url_draft"], stored["realtime_channel_draft"]) == (DRAFT_URL, "planbus-draft")
     assert SECRET not in capsys.readouterr().out
     monkeypatch.delenv("WEBHOOK_SECRET")
     get_settings.cache_clear()
-    assert planbus(["configure", "webhook", f"--url={URL}"]) == 1
+    assert planbus(["configure", "webhook", "--kind=plan", f"--url={URL}"]) == 1
     assert "WEBHOOK_SECRET is not set" in capsys.readouterr().err
     assert settings_table(sql)["webhook_secret"] == SECRET

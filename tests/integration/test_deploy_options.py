@@ -1,5 +1,5 @@
-"""deploy.sh's options and refusals: --dry-run, --only, SCHEDULER=supabase-cron, and every prerequisite it
-checks before changing anything."""
+"""deploy.sh's options and refusals: --dry-run, --only, SCHEDULER=supabase-cron, DISPATCH=inline, and
+every prerequisite it checks before changing anything."""
 
 from __future__ import annotations
 
@@ -13,15 +13,21 @@ from typing import Any
 import psycopg
 import pytest
 
+from planbus.deploy.kinds import KINDS
 from support.deploy_runs import (
     EMPTY_STATE,
     FAKES,
     JOBS,
     PROJECT,
+    QUEUE,
     ROOT,
+    RUNTIME_SA,
     SCHEDULER_SA,
     TARGETS,
+    TASKS_SA,
+    WORKERS,
     deploy,
+    name_of,
     stored_settings,
     succeeded,
     url_of,
@@ -46,16 +52,110 @@ def test_a_dry_run_prints_every_command_and_runs_none(
         "+ gcloud services enable",
         "+ gcloud secrets create planbus-webhook-secret",
         "+ gcloud secrets versions add planbus-webhook-secret",
-        "+ planbus configure webhook '--url=<url of handle-plan-request>'",
+        *(
+            f"+ planbus configure webhook --kind={kind.name} '--url=<url of {name_of(kind.webhook_target)}>' "
+            f"--channel=planbus-{kind.name}"
+            for kind in KINDS
+        ),
         "+ gcloud scheduler jobs create http planbus-send-due-reminders",
         "+ gcloud scheduler jobs update http planbus-reset-stale-requests",
     ):
         assert expected in out, expected
     for target in TARGETS:
-        assert f"+ gcloud functions deploy {target.replace('_', '-')} --gen2" in out
+        assert f"+ gcloud functions deploy {name_of(target)} --gen2" in out
     for value in values.values():
         if value not in (PROJECT, "europe-west1"):
             assert value not in run.text()
+
+
+def test_a_dry_run_shows_the_queue_the_bindings_and_the_private_workers(tmp_path: Path) -> None:
+    run = deploy(write_env(tmp_path / "env", valid_values()), tmp_path / "cloud", "--dry-run")
+    assert run.result.returncode == 0, run.result.stderr
+    shown = run.shown()
+    where = "--location=europe-west1 --project=planbus-test"
+    limits = (
+        "--max-concurrent-dispatches=10 --max-dispatches-per-second=5 --max-attempts=5 --min-backoff=10s "
+        "--max-backoff=300s --max-doublings=4 --format=none"
+    )
+    runtime, tasks = f"--member=serviceAccount:{RUNTIME_SA}", f"--member=serviceAccount:{TASKS_SA}"
+    for expected in (
+        f"gcloud tasks queues describe {QUEUE} {where} '--format=value(name)'",
+        f"gcloud tasks queues update {QUEUE} {where} {limits}",
+        f"gcloud tasks queues create {QUEUE} {where} {limits}",
+        f"gcloud tasks queues add-iam-policy-binding {QUEUE} {where} {runtime} "
+        "--role=roles/cloudtasks.enqueuer --format=none",
+        f"gcloud iam service-accounts add-iam-policy-binding {TASKS_SA} --project=planbus-test {runtime} "
+        "--role=roles/iam.serviceAccountUser --format=none",
+        "gcloud iam service-accounts create planbus-tasks --project=planbus-test "
+        "'--display-name=planbus tasks'",
+    ):
+        assert expected in shown, expected
+    assert "cloudtasks.googleapis.com" in next(line for line in shown if "services enable" in line)
+    for target in WORKERS:
+        deploy_line = next(
+            line for line in shown if line.startswith(f"gcloud functions deploy {name_of(target)} ")
+        )
+        assert "--no-allow-unauthenticated" in deploy_line
+        assert (
+            f"gcloud functions add-invoker-policy-binding {name_of(target)} --project=planbus-test "
+            f"--region=europe-west1 {tasks} --format=none"
+        ) in shown
+    order = [line.split()[3] for line in shown if line.startswith("gcloud functions deploy ")]
+    assert order[: len(WORKERS)] == [name_of(t) for t in WORKERS]
+    for kind in KINDS:
+        assert f'"{kind.worker_url_variable}": "<url of {name_of(kind.worker_target)}>"' in run.result.stdout
+
+
+def test_dispatch_inline_deploys_no_queue_and_no_worker(tmp_path: Path, database_url: str) -> None:
+    values = {**valid_values(database_url), "DISPATCH": "inline"}
+    run = succeeded(deploy(write_env(tmp_path / "env", values), tmp_path / "cloud"))
+    assert sorted(run.deployed()) == sorted(name_of(t) for t in TARGETS if t not in WORKERS)
+    assert not run.commands("tasks")
+    assert "cloudtasks.googleapis.com" not in run.state["apis"]
+    assert TASKS_SA not in run.state["service_accounts"]
+    handle = run.state["functions"]["handle-plan-request"]["environment"]
+    assert handle == {"DISPATCH": "inline", "THREADS": "4"}
+    assert "DISPATCH" not in run.state["functions"]["telegram-auth"]["environment"]
+    assert "note: DISPATCH=inline" in run.result.stdout
+    only = deploy(write_env(tmp_path / "env", values), tmp_path / "cloud", "--only", "process_plan_request")
+    assert only.result.returncode != 0
+    assert "--only: process_plan_request is deployed only with DISPATCH=cloud-tasks" in only.result.stderr
+
+
+def test_only_a_webhook_before_its_worker_exists_is_refused_before_any_change(
+    tmp_path: Path, database_url: str
+) -> None:
+    env_file = write_env(tmp_path / "env", valid_values(database_url))
+    run = deploy(env_file, tmp_path / "cloud", "--only", "handle-plan-request")
+    assert run.result.returncode != 0
+    assert (
+        "--only handle_plan_request: process_plan_request is not deployed yet, and handle_plan_request "
+        "sends each plan to it: deploy it first"
+    ) in run.result.stderr
+    assert {" ".join(call[:2]) for call in run.calls} == {
+        "auth list",
+        "projects describe",
+        "functions describe",
+    }
+    assert not any(run.state.values())
+    assert "webhook_url_plan" not in stored_settings(database_url)
+
+
+def test_only_a_worker_then_only_its_webhook(tmp_path: Path, database_url: str) -> None:
+    env_file, state = write_env(tmp_path / "env", valid_values(database_url)), tmp_path / "cloud"
+    worker = succeeded(deploy(env_file, state, "--only", "process_plan_request"))
+    assert worker.deployed() == ["process-plan-request"] * 2  # again, once its URL exists
+    assert worker.state["functions"]["process-plan-request"]["environment"]["PLAN_WORKER_URL"] == url_of(
+        "process_plan_request"
+    )
+    assert [call[3] for call in worker.commands("tasks", "queues", "create")] == [QUEUE]
+    webhook = succeeded(deploy(env_file, state, "--only", "handle_plan_request"))
+    assert webhook.deployed() == ["handle-plan-request"]
+    environment = webhook.state["functions"]["handle-plan-request"]["environment"]
+    assert environment["PLAN_WORKER_URL"] == url_of("process_plan_request")
+    assert "DRAFT_WORKER_URL" not in environment
+    assert stored_settings(database_url)["webhook_url_plan"] == url_of("handle_plan_request")
+    assert "webhook_url_draft" not in stored_settings(database_url)
 
 
 def test_only_deploys_one_function_with_its_secrets_and_schedule(tmp_path: Path, database_url: str) -> None:
@@ -106,6 +206,26 @@ def test_supabase_cron_schedules_through_the_database_and_removes_cloud_schedule
     assert headers["X-Webhook-Secret"] == values["WEBHOOK_SECRET"]
 
 
+def test_on_insforge_each_kind_s_channel_calls_its_webhook_function(
+    tmp_path: Path, database_url: str
+) -> None:
+    """InsForge deploys the same way; its triggers publish to one realtime channel per kind."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute((FAKES / "insforge_realtime.sql").read_text().encode())
+    values = {**valid_values(database_url), "REALTIME_CHANNEL": "crm"}
+    run = succeeded(deploy(write_env(tmp_path / "env", values), tmp_path / "cloud"))
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT pattern, webhook_urls FROM realtime.channels").fetchall()
+    channels: dict[str, list[str]] = dict(rows)
+    secret = values["WEBHOOK_SECRET"]
+    assert channels == {
+        f"crm-{kind.name}": [f"{url_of(kind.webhook_target)}?token={secret}"] for kind in KINDS
+    }
+    assert "published to the realtime channel 'crm-plan'" in run.result.stdout
+    assert secret not in run.text()
+    assert [call[3] for call in run.commands("tasks", "queues", "create")] == [QUEUE]
+
+
 @pytest.mark.parametrize(
     ("change", "args", "environ", "message"),
     [
@@ -117,6 +237,15 @@ def test_supabase_cron_schedules_through_the_database_and_removes_cloud_schedule
         ({"OPENAI_TIMEOUT": "130"}, (), {}, "[handle_plan_request]: timeout 150 s is shorter than"),
         ({"LEASE_SECONDS": "100"}, (), {}, "timeout 150 s is longer than LEASE_SECONDS 100"),
         ({"SCHEDULER": "cron"}, (), {}, "SCHEDULER must be one of"),
+        ({"DISPATCH": "queue"}, (), {}, "DISPATCH must be one of cloud-tasks, inline, not 'queue'"),
+        (
+            {"CLOUD_TASKS_SERVICE_ACCOUNT": "tasks-runner@other-project.iam.gserviceaccount.com"},
+            (),
+            {},
+            "CLOUD_TASKS_SERVICE_ACCOUNT must be an account of planbus-test",
+        ),
+        ({"PLAN_WORKER_URL": "https://example.com"}, (), {}, "PLAN_WORKER_URL is set by deploy.sh"),
+        ({"CLOUD_TASKS_QUEUE": "projects/p/locations/l/queues/q"}, (), {}, "CLOUD_TASKS_QUEUE is set by"),
         ({}, ("--only", "nope"), {}, "--only: no function nope"),
         ({}, ("--frobnicate",), {}, "unknown argument --frobnicate"),
         ({}, (), {"GCLOUD": "/nonexistent/gcloud"}, "gcloud is not installed"),
@@ -187,9 +316,9 @@ def test_a_failing_cloud_command_stops_the_deploy_and_names_the_step(
     run = deploy(env_file, tmp_path / "cloud", environ={"FAKE_GCLOUD_FAIL": "functions deploy"})
     assert run.result.returncode != 0
     assert "PERMISSION_DENIED: simulated failure" in run.result.stdout
-    assert 'stopped at "Function handle-plan-request (target handle_plan_request)"' in run.result.stderr
+    assert 'stopped at "Function process-plan-request (target process_plan_request)"' in run.result.stderr
     assert len(run.commands("functions", "deploy")) == 1
-    assert not run.commands("functions", "describe")
+    assert run.calls[-1][:3] == ["functions", "deploy", "process-plan-request"]
     assert not run.commands("scheduler")
 
 

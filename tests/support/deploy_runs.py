@@ -1,5 +1,6 @@
 """Running ./deploy.sh under test: a fake gcloud (tests/fakes/gcloud) first on PATH records every call and
-keeps what the calls created; the database steps run for real against this run's PostgreSQL server."""
+keeps what the calls created; the database steps run for real against this run's PostgreSQL server.
+What deploy sets up for each request kind is named after `planbus.deploy.kinds.KINDS`, as deploy does."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from planbus.deploy.kinds import KINDS
 from planbus.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,15 +23,30 @@ FAKES = ROOT / "tests" / "fakes"
 PROJECT = "planbus-test"
 RUNTIME_SA = f"planbus-runtime@{PROJECT}.iam.gserviceaccount.com"
 SCHEDULER_SA = f"planbus-scheduler@{PROJECT}.iam.gserviceaccount.com"
-TARGETS = ["handle_plan_request", "send_due_reminders", "reset_stale_requests", "telegram_auth"]
+TASKS_SA = f"planbus-tasks@{PROJECT}.iam.gserviceaccount.com"
+QUEUE = "planbus"
+QUEUE_PATH = f"projects/{PROJECT}/locations/europe-west1/queues/{QUEUE}"
+WEBHOOKS = [kind.webhook_target for kind in KINDS]
+WORKERS = [kind.worker_target for kind in KINDS]
+SCHEDULED = ["send_due_reminders", "reset_stale_requests"]
+TARGETS = [*WEBHOOKS, *SCHEDULED, "telegram_auth", *WORKERS]
 JOBS = {
     "planbus-send-due-reminders": "send_due_reminders",
     "planbus-reset-stale-requests": "reset_stale_requests",
 }
 
 
+def name_of(target: str) -> str:
+    return target.replace("_", "-")
+
+
 def url_of(target: str) -> str:
-    return f"https://{target.replace('_', '-')}-fake123-ew.a.run.app"
+    return f"https://{name_of(target)}-fake123-ew.a.run.app"
+
+
+def worker_urls() -> dict[str, str]:
+    """The worker URL variables the dispatching functions get, once the workers are deployed."""
+    return {kind.worker_url_variable: url_of(kind.worker_target) for kind in KINDS}
 
 
 def secret_values() -> dict[str, str]:
@@ -56,6 +73,14 @@ class Run:
 
     def commands(self, *words: str) -> list[list[str]]:
         return [call for call in self.calls if call[: len(words)] == list(words)]
+
+    def deployed(self) -> list[str]:
+        """The functions deployed, in order, a name twice when it was deployed twice."""
+        return [call[2] for call in self.commands("functions", "deploy")]
+
+    def shown(self) -> list[str]:
+        """The commands deploy.sh printed, as it printed them."""
+        return [line[4:] for line in self.result.stdout.splitlines() if line.startswith("  + ")]
 
     def text(self) -> str:
         return self.result.stdout + self.result.stderr + json.dumps(self.calls)
@@ -114,4 +139,7 @@ EMPTY_STATE: dict[str, Any] = {
     "functions": {},
     "invokers": [],
     "jobs": {},
+    "queues": {},
+    "queue_bindings": [],
+    "account_bindings": [],
 }

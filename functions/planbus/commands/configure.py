@@ -1,10 +1,10 @@
-"""`planbus configure`: the steps of ./deploy.sh that run locally or in the database.
+"""`planbus configure`: the steps of `planbus deploy` that run locally or in the database, one at a time.
 
-planbus configure check --infra DIR [--env-vars-dir DIR]   < NAME=value pairs, NUL-separated
-    check the env file's values (given on stdin, so secrets never reach argv) against the settings
-    and infra/; write each function's plain environment variables as DIR/<target>.json
-planbus configure webhook --url URL [--channel NAME]
-    store the webhook URL and WEBHOOK_SECRET in DATABASE_URL's database for the trigger
+planbus configure check [--env FILE] [--infra DIR]
+    check a deployment's configuration (the env file, else the environment) against the settings and
+    infra/, as `planbus deploy` does before anything changes
+planbus configure webhook --kind KIND --url URL [--channel NAME]
+    store a kind's webhook URL and WEBHOOK_SECRET in DATABASE_URL's database for its trigger
 planbus configure cron --job NAME --function TARGET --url URL --schedule CRON --body JSON --timeout S
     create or replace a Supabase Cron (pg_cron) job calling a function with the secret
 planbus configure unschedule --job NAME
@@ -14,27 +14,31 @@ planbus configure unschedule --job NAME
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
 from planbus.errors import ConfigurationError
 from planbus.settings import get_settings
 
+ROOT = Path(__file__).resolve().parents[3]
+
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("configure", help="deploy.sh's local and database steps")
+    from planbus.deploy.kinds import KINDS
+
+    parser = sub.add_parser("configure", help="deploy's local and database steps")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    check = actions.add_parser("check", help="check the deployment's configuration (values on stdin)")
-    check.add_argument("--infra", type=Path, required=True, help="folder with functions.conf, schedules.conf")
-    check.add_argument("--env-vars-dir", type=Path, help="write <target>.json environment files here")
+    check = actions.add_parser("check", help="check a deployment's configuration")
+    check.add_argument("--env", type=Path, help="the env file (default: .env.deploy, else the environment)")
+    check.add_argument("--infra", type=Path, default=ROOT / "infra", help="functions.conf and the rest")
     check.set_defaults(run=run_check)
 
-    webhook = actions.add_parser("webhook", help="store the webhook URL and secret in the database")
-    webhook.add_argument("--url", required=True, help="URL of the deployed handle_plan_request")
-    webhook.add_argument("--channel", default="planbus", help="InsForge realtime channel (default planbus)")
+    webhook = actions.add_parser("webhook", help="store a kind's webhook URL and the secret in the database")
+    webhook.add_argument("--kind", required=True, choices=[kind.name for kind in KINDS])
+    webhook.add_argument("--url", required=True, help="URL of the kind's deployed webhook function")
+    webhook.add_argument("--channel", help="InsForge realtime channel (default planbus-<kind>)")
     webhook.set_defaults(run=run_webhook)
 
     cron = actions.add_parser("cron", help="create or replace a Supabase Cron job")
@@ -51,31 +55,17 @@ def register(sub: Any) -> None:
     unschedule.set_defaults(run=run_unschedule)
 
 
-def read_values(data: bytes) -> dict[str, str]:
-    """NAME=value pairs separated by NUL bytes, as deploy.sh writes them."""
-    values: dict[str, str] = {}
-    for item in data.split(b"\0"):
-        if not item:
-            continue
-        name, sep, value = item.decode("utf-8").partition("=")
-        if not sep or not name:
-            raise ConfigurationError("expected NAME=value pairs separated by NUL bytes on stdin")
-        values[name] = value
-    return values
-
-
 def run_check(args: argparse.Namespace) -> int:
-    from planbus.deploy.config import check
+    from planbus.deploy.config import DEPLOY_SETS, check
+    from planbus.deploy.envfile import load_values
 
-    deployment = check(read_values(sys.stdin.buffer.read()), args.infra)
-    if args.env_vars_dir is not None:
-        args.env_vars_dir.mkdir(parents=True, exist_ok=True)
-        for function in deployment.functions:
-            path = args.env_vars_dir / f"{function.target}.json"
-            path.write_text(json.dumps(deployment.environment(function), sort_keys=True) + "\n")
+    infra = args.infra.resolve()
+    source = load_values(args.env, ROOT / ".env.deploy", infra, os.environ, DEPLOY_SETS)
+    deployment = check(source.values, infra)
     print(
-        f"configuration is valid: {len(deployment.functions)} functions, "
-        f"{len(deployment.schedules)} schedules, plan generator {deployment.settings.generator}"
+        f"configuration of {source.source} is valid: {len(deployment.functions)} functions, "
+        f"{len(deployment.schedules)} schedules, plan generator {deployment.settings.generator}, "
+        f"dispatch {deployment.dispatch}"
     )
     for warning in deployment.warnings():
         print(f"note: {warning}")
@@ -93,9 +83,12 @@ def _database_and_secret() -> tuple[str, str]:
 
 def run_webhook(args: argparse.Namespace) -> int:
     from planbus.deploy.database import configure_webhook
+    from planbus.deploy.kinds import KINDS
 
+    kind = next(kind for kind in KINDS if kind.name == args.kind)
     database_url, secret = _database_and_secret()
-    for line in configure_webhook(database_url, args.url, secret, args.channel).lines():
+    channel = args.channel or kind.channel("planbus")
+    for line in configure_webhook(database_url, kind, args.url, secret, channel).lines():
         print(line)
     return 0
 

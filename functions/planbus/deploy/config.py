@@ -1,10 +1,10 @@
-"""The deployment's configuration, checked before deploy.sh touches the cloud.
+"""The deployment's configuration, checked before anything touches the cloud.
 
-deploy.sh reads the env file (`NAME=value` lines) and hands its values to `planbus configure check` in
-the environment, together with the list of names the file defined. Only those names count: a variable
-left over in the operator's shell never changes what is checked or what is deployed. The file holds two
-kinds of variables: planbus settings (every field of `planbus.settings.Settings`, upper-cased), which the
-functions receive, and the deploy variables below, which only deploy.sh reads.
+The values come from the env file (or the environment, see `planbus.deploy.envfile`); only those names
+count: a variable left over in the operator's shell never changes what is checked or deployed. They are
+of three kinds: planbus settings (every field of `planbus.settings.Settings`, upper-cased), which the
+functions receive; the deploy variables below, which only deploy reads; and never the variables deploy
+sets on the functions itself (`DEPLOY_SETS`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-import re
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,14 +19,23 @@ from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
 
-from planbus.deploy.infra import FunctionSpec, ScheduleSpec, load_functions, load_schedules
+from planbus.deploy import rules
+from planbus.deploy.infra import (
+    FunctionSpec,
+    QueueSpec,
+    ScheduleSpec,
+    load_functions,
+    load_queue,
+    load_schedules,
+)
+from planbus.deploy.kinds import KINDS
 from planbus.errors import ConfigurationError
 from planbus.settings import Settings, get_settings
 
-# name -> (default shown in infra/env.example, what it means); deploy.sh applies the same defaults.
+# name -> (default shown in infra/env.example, what it means); `Deployment` applies the same defaults.
 DEPLOY_VARIABLES: dict[str, tuple[str, str]] = {
     "GCP_PROJECT": ("", "Google Cloud project id the functions are deployed to"),
-    "GCP_REGION": ("", "region of the functions and the Cloud Scheduler jobs, e.g. europe-west1"),
+    "GCP_REGION": ("", "region of the functions, the queue and the Cloud Scheduler jobs, e.g. europe-west1"),
     "SCHEDULER": (
         "cloud-scheduler",
         "who calls the scheduled functions: cloud-scheduler, supabase-cron, none",
@@ -35,17 +43,18 @@ DEPLOY_VARIABLES: dict[str, tuple[str, str]] = {
     "GCP_RUNTIME_SERVICE_ACCOUNT": ("planbus-runtime@<project>", "identity the functions run as"),
     "GCP_SCHEDULER_SERVICE_ACCOUNT": ("planbus-scheduler@<project>", "identity Cloud Scheduler calls with"),
     "SECRET_PREFIX": ("planbus", "Secret Manager ids are <prefix>-<setting-name>"),
-    "REALTIME_CHANNEL": ("planbus", "InsForge realtime channel the webhook trigger publishes to"),
+    "REALTIME_CHANNEL": ("planbus", "InsForge realtime channels are <prefix>-<kind>"),
+    "DISPATCH": ("cloud-tasks", "cloud-tasks: the webhooks enqueue, the workers generate; inline: no queue"),
+    "CLOUD_TASKS_SERVICE_ACCOUNT": ("planbus-tasks@<project>", "identity Cloud Tasks calls the workers with"),
 }
-SCHEDULERS = ("cloud-scheduler", "supabase-cron", "none")
-# Secret values travel in an HTTP header and in a URL's ?token=: keep them to unreserved characters.
-_WEBHOOK_SECRET = re.compile(r"^[A-Za-z0-9._~-]{32,}$")
-_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
-_SERVICE_ACCOUNT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.gserviceaccount\.com$")
-_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,60}$")
-_CHANNEL = re.compile(r"^[A-Za-z0-9:_.-]{1,100}$")
-MARGIN_SECONDS = 30
+# What deploy sets on the functions itself, from infra/ and the deployed workers: never in the values.
+DEPLOY_SETS: dict[str, str] = {
+    "CLOUD_TASKS_QUEUE": "from infra/queues.conf and GCP_REGION",
+    **{kind.worker_url_variable: f"the URL of the deployed {kind.worker_target}" for kind in KINDS},
+    "CLOUD_TASKS_EMULATOR_HOST": "for local runs only: a deployment talks to Cloud Tasks",
+}
+DISPATCHES = ("cloud-tasks", "inline")
+MARGIN_SECONDS = rules.MARGIN_SECONDS
 
 
 def setting_names() -> list[str]:
@@ -82,20 +91,58 @@ def environment_of(values: Mapping[str, str]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Deployment:
-    """A checked configuration: what deploy.sh deploys."""
+    """A checked configuration: what deploy deploys."""
 
     values: dict[str, str]
     settings: Settings
     functions: list[FunctionSpec]
     schedules: list[ScheduleSpec]
+    queue: QueueSpec
 
-    def environment(self, function: FunctionSpec) -> dict[str, str]:
-        """The plain (non-secret) environment variables a function is deployed with."""
+    def variable(self, name: str) -> str:
+        """A deploy variable's value, or its default."""
+        default = DEPLOY_VARIABLES[name][0].replace("<project>", f"{self.project}.iam.gserviceaccount.com")
+        return self.values.get(name) or default
+
+    @property
+    def project(self) -> str:
+        return self.values["GCP_PROJECT"]
+
+    @property
+    def region(self) -> str:
+        return self.values["GCP_REGION"]
+
+    @property
+    def dispatch(self) -> str:
+        return self.variable("DISPATCH")
+
+    @property
+    def queue_path(self) -> str:
+        """CLOUD_TASKS_QUEUE: the queue's full name."""
+        return f"projects/{self.project}/locations/{self.region}/queues/{self.queue.queue}"
+
+    def spec(self, target: str) -> FunctionSpec | None:
+        return next((spec for spec in self.functions if spec.target == target), None)
+
+    def deployed(self) -> list[FunctionSpec]:
+        """The functions a full deploy deploys: the workers only with DISPATCH=cloud-tasks."""
+        return [spec for spec in self.functions if spec.access != "tasks" or self.dispatch == "cloud-tasks"]
+
+    def environment(self, function: FunctionSpec, worker_urls: Mapping[str, str]) -> dict[str, str]:
+        """The plain (non-secret) environment variables a function is deployed with. A function that may
+        call the LLM gets the dispatch mode and, with Cloud Tasks, the queue, the identity tasks call
+        with and the workers' URLs known so far (`worker_urls`, by variable name)."""
         secret = secret_settings()
         names = set(setting_names())
         env = {name: value for name, value in self.values.items() if name in names and name not in secret}
         # functions-framework serves with THREADS threads: as many as requests the instance is sent.
         env["THREADS"] = str(function.concurrency)
+        if function.calls_llm:
+            env["DISPATCH"] = self.dispatch
+            if self.dispatch == "cloud-tasks":
+                env["CLOUD_TASKS_QUEUE"] = self.queue_path
+                env["CLOUD_TASKS_SERVICE_ACCOUNT"] = self.variable("CLOUD_TASKS_SERVICE_ACCOUNT")
+                env.update(worker_urls)
         return env
 
     def warnings(self) -> list[str]:
@@ -110,21 +157,37 @@ class Deployment:
             )
         if self.settings.supabase_jwt_secret is None:
             out.append("SUPABASE_JWT_SECRET is not set: telegram_auth answers 503")
+        if self.dispatch == "inline":
+            out.append(
+                "DISPATCH=inline: the webhook functions generate within the webhook's request, which "
+                "pg_net abandons after 5 s; the sweeper recovers what times out"
+            )
         return out
 
 
 def check(values: Mapping[str, str], infra: Path) -> Deployment:
-    """Check the env file's values and infra/ together; raise ConfigurationError listing every problem."""
+    """Check the values and infra/ together; raise ConfigurationError listing every problem."""
     problems: list[str] = []
-    known = set(setting_names()) | set(DEPLOY_VARIABLES)
+    known = set(setting_names()) | set(DEPLOY_VARIABLES) | set(DEPLOY_SETS)
     for name in values:
         if name not in known:
             hint = difflib.get_close_matches(name, sorted(known), n=1)
             problems.append(f"unknown variable {name}" + (f" (did you mean {hint[0]}?)" if hint else ""))
-    _check_deploy_variables(values, problems)
+    for name in DEPLOY_SETS:
+        if name in values:
+            problems.append(f"{name} is set by deploy.sh ({DEPLOY_SETS[name]}): leave it out")
+    rules.check_deploy_variables(values, problems)
+    dispatch = values.get("DISPATCH") or DEPLOY_VARIABLES["DISPATCH"][0]
+    if dispatch not in DISPATCHES:
+        problems.append(f"DISPATCH must be one of {', '.join(DISPATCHES)}, not {dispatch!r}")
+
+    functions = load_functions(infra / "functions.conf", secret_settings(), problems)
+    schedules = load_schedules(infra / "schedules.conf", functions, problems)
+    queue = load_queue(infra / "queues.conf", problems)
 
     settings: Settings | None = None
-    with environment_of(values):
+    # The settings are checked as the functions will see them, dispatch settings included.
+    with environment_of({**values, **_dispatch_preview(values, queue)}):
         try:
             settings = Settings()
         except ValidationError as exc:
@@ -133,85 +196,33 @@ def check(values: Mapping[str, str], infra: Path) -> Deployment:
                 message = error["msg"].removeprefix("Value error, ")
                 problems.append(f"{where}: {message}" if where else message)
 
-    functions = load_functions(infra / "functions.conf", secret_settings(), problems)
-    schedules = load_schedules(infra / "schedules.conf", functions, problems)
+    rules.check_kinds(functions, dispatch == "cloud-tasks", problems)
     if settings is not None:
-        _check_timeouts(settings, functions, problems)
-        _check_jwt_secret(settings, problems)
+        rules.check_timeouts(settings, functions, problems)
+        rules.check_jwt_secret(settings, problems)
+        if dispatch == "cloud-tasks" and queue is not None:
+            rules.check_dispatch(settings, functions, queue, problems)
     used = {name for spec in functions for name in spec.secrets}
     for name in sorted((secret_settings() & set(values)) - used):
         problems.append(f"{name} is set but no function in functions.conf reads it")
-    if problems or settings is None:
+    if problems or settings is None or queue is None:
         raise ConfigurationError("the configuration has problems:\n  " + "\n  ".join(problems))
-    return Deployment(dict(values), settings, functions, schedules)
+    return Deployment(dict(values), settings, functions, schedules, queue)
 
 
-def _check_deploy_variables(values: Mapping[str, str], problems: list[str]) -> None:
-    def need(name: str, pattern: re.Pattern[str], what: str, *, required: bool = False) -> None:
-        value = values.get(name, "")
-        if not value:
-            if required:
-                problems.append(f"{name} is not set: {what}")
-        elif not pattern.match(value):
-            problems.append(f"{name} {value!r} is not valid: {what}")
-
-    need(
-        "GCP_PROJECT",
-        _PROJECT,
-        "the Google Cloud project id (6-30 lower-case letters, digits, -)",
-        required=True,
-    )
-    need("GCP_REGION", _REGION, "a Google Cloud region such as europe-west1", required=True)
-    need("GCP_RUNTIME_SERVICE_ACCOUNT", _SERVICE_ACCOUNT, "a service account email")
-    need("GCP_SCHEDULER_SERVICE_ACCOUNT", _SERVICE_ACCOUNT, "a service account email")
-    need("SECRET_PREFIX", _PREFIX, "letters, digits, - and _, starting with a letter")
-    need("REALTIME_CHANNEL", _CHANNEL, "a realtime channel name")
-    scheduler = values.get("SCHEDULER", "")
-    if scheduler and scheduler not in SCHEDULERS:
-        problems.append(f"SCHEDULER must be one of {', '.join(SCHEDULERS)}, not {scheduler!r}")
-    url = values.get("DATABASE_URL", "")
-    if not url:
-        problems.append("DATABASE_URL is not set: migrations and the webhook set-up need a direct connection")
-    elif not url.startswith(("postgresql://", "postgres://")):
-        problems.append("DATABASE_URL must be a postgresql:// URL")
-    secret = values.get("WEBHOOK_SECRET", "")
-    if not secret:
-        problems.append("WEBHOOK_SECRET is not set: every webhook and scheduled function requires it")
-    elif not _WEBHOOK_SECRET.match(secret):
-        problems.append(
-            "WEBHOOK_SECRET must be at least 32 characters of A-Z a-z 0-9 . _ ~ - "
-            "(it travels in a header and in a URL); make one with "
-            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
-
-
-def _check_jwt_secret(settings: Settings, problems: list[str]) -> None:
-    from planbus.services.auth import MIN_JWT_SECRET_BYTES
-
-    secret = settings.supabase_jwt_secret
-    if secret is not None and len(secret.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
-        problems.append(
-            f"SUPABASE_JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes: use the project's JWT secret"
-        )
-
-
-def _check_timeouts(settings: Settings, functions: list[FunctionSpec], problems: list[str]) -> None:
-    for spec in functions:
-        needed: float = MARGIN_SECONDS
-        parts = [f"{MARGIN_SECONDS} s margin"]
-        if spec.calls_llm:
-            needed += settings.openai_timeout
-            parts.append(f"OPENAI_TIMEOUT {settings.openai_timeout:g}")
-        if spec.batch:
-            needed += settings.function_budget_seconds
-            parts.append(f"FUNCTION_BUDGET_SECONDS {settings.function_budget_seconds:g}")
-        if spec.timeout < needed:
-            problems.append(
-                f"functions.conf [{spec.target}]: timeout {spec.timeout} s is shorter than "
-                f"{' + '.join(reversed(parts))} = {needed:g} s"
-            )
-        if spec.calls_llm and spec.timeout > settings.lease_seconds:
-            problems.append(
-                f"functions.conf [{spec.target}]: timeout {spec.timeout} s is longer than LEASE_SECONDS "
-                f"{settings.lease_seconds}: a stale request could be taken over while its worker still runs"
-            )
+def _dispatch_preview(values: Mapping[str, str], queue: QueueSpec | None) -> dict[str, str]:
+    """The dispatch settings deploy will set, with stand-ins for the URLs it learns only by deploying."""
+    if (values.get("DISPATCH") or DEPLOY_VARIABLES["DISPATCH"][0]) != "cloud-tasks" or queue is None:
+        return {"DISPATCH": "inline"}
+    project, region = values.get("GCP_PROJECT", ""), values.get("GCP_REGION", "")
+    default_account = DEPLOY_VARIABLES["CLOUD_TASKS_SERVICE_ACCOUNT"][0]
+    return {
+        "DISPATCH": "cloud-tasks",
+        "CLOUD_TASKS_QUEUE": f"projects/{project}/locations/{region}/queues/{queue.queue}",
+        "CLOUD_TASKS_SERVICE_ACCOUNT": values.get("CLOUD_TASKS_SERVICE_ACCOUNT")
+        or default_account.replace("<project>", f"{project}.iam.gserviceaccount.com"),
+        **{
+            kind.worker_url_variable: f"https://{kind.worker_target.replace('_', '-')}.invalid"
+            for kind in KINDS
+        },
+    }

@@ -1,9 +1,10 @@
-"""Point the database at the deployed functions (deploy.sh, through `planbus configure`).
+"""Point the database at the deployed functions (`planbus deploy`, and `planbus configure` by hand).
 
-- The webhook: URL and shared secret are stored with `planbus_store_setting` (Vault where it exists,
-  else planbus_private.settings), where the trigger of migration 0006 reads them at run time. On InsForge,
-  whose trigger path is `realtime.publish`, the channel's webhook URL is set too; InsForge cannot send
-  custom headers, so that URL carries the secret as `?token=`.
+- The webhooks, one per request kind: its function's URL, the shared secret and its realtime channel are
+  stored with `planbus_store_setting` (Vault where it exists, else planbus_private.settings) under the
+  kind's names (`webhook_url_plan`, `realtime_channel_plan`), where the trigger reads them at run time.
+  On InsForge, whose trigger path is `realtime.publish`, the kind's channel gets the function's URL as
+  its webhook URL; InsForge cannot send custom headers, so that URL carries the secret as `?token=`.
 - Supabase Cron (SCHEDULER=supabase-cron): one pg_cron job per schedule calling `net.http_post`. The job's
   text names the settings to read (function URL, secret), never their values, so rotating the secret is
   one stored setting and `cron.job` shows nothing worth stealing.
@@ -20,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from planbus.db.postgres import translate
+from planbus.deploy.kinds import RequestKind
 from planbus.errors import ConfigurationError
 
 Delivery = Literal["pg_net", "realtime", "notify"]
@@ -41,11 +43,20 @@ _STORE = "SELECT public.planbus_store_setting(p_name => %s, p_value => %s) ->> '
 # Our URL replaces any earlier one of ours (an old token after a rotation); other subscribers stay.
 _CHANNEL = """
 INSERT INTO realtime.channels (pattern, description, webhook_urls, enabled)
-VALUES (%(channel)s, 'planbus: new plan requests for handle_plan_request', ARRAY[%(url)s], true)
+VALUES (%(channel)s, %(description)s, ARRAY[%(url)s], true)
 ON CONFLICT (pattern) DO UPDATE
    SET webhook_urls = ARRAY(SELECT u FROM unnest(coalesce(realtime.channels.webhook_urls, '{}')) AS u
                              WHERE split_part(u, '?', 1) <> %(base)s) || %(url)s,
        enabled = true
+"""
+
+# The function's URL leaves every other channel (the one it was on before the channels had the kind in
+# their name, say), so no event reaches it twice.
+_LEAVE_OTHER_CHANNELS = """
+UPDATE realtime.channels
+   SET webhook_urls = ARRAY(SELECT u FROM unnest(webhook_urls) AS u WHERE split_part(u, '?', 1) <> %(base)s)
+ WHERE pattern <> %(channel)s
+   AND EXISTS (SELECT 1 FROM unnest(webhook_urls) AS u WHERE split_part(u, '?', 1) = %(base)s)
 """
 
 _CRON_COMMAND = sql.SQL(
@@ -57,23 +68,24 @@ _CRON_COMMAND = sql.SQL(
 
 @dataclass(frozen=True)
 class WebhookReport:
-    """Where the settings went and how the trigger will deliver new requests."""
+    """Where the settings went and how the trigger will deliver new requests of the kind."""
 
+    table: str
     stored_in: str
     delivery: Delivery
     channel: str | None
 
     def lines(self) -> list[str]:
         """What `planbus configure webhook` prints: never a secret."""
-        out = [f"webhook URL and secret stored in {self.stored_in}"]
+        out = [f"webhook URL and secret for {self.table} stored in {self.stored_in}"]
         if self.delivery == "pg_net":
-            out.append("new plan requests are posted by pg_net with the X-Webhook-Secret header")
+            out.append(f"new {self.table} rows are posted by pg_net with the X-Webhook-Secret header")
         elif self.delivery == "realtime":
-            out.append(f"new plan requests are published to the realtime channel {self.channel!r}")
+            out.append(f"new {self.table} rows are published to the realtime channel {self.channel!r}")
         else:
             out.append(
-                "WARNING: this database has neither pg_net nor realtime.publish: new plan requests reach "
-                "the functions only through reset_stale_requests, after LOST_WEBHOOK_SECONDS"
+                f"WARNING: this database has neither pg_net nor realtime.publish: new {self.table} rows "
+                "reach the functions only through reset_stale_requests, after LOST_WEBHOOK_SECONDS"
             )
         if self.channel is not None:
             out.append(f"realtime channel {self.channel!r} delivers to the function URL with ?token=***")
@@ -87,26 +99,43 @@ def token_url(url: str, secret: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def configure_webhook(database_url: str, webhook_url: str, secret: str, channel: str) -> WebhookReport:
-    """Store the webhook URL, the secret and the realtime channel; set up InsForge's channel if present."""
+def configure_webhook(
+    database_url: str, kind: RequestKind, webhook_url: str, secret: str, channel: str
+) -> WebhookReport:
+    """Store the kind's webhook URL, the secret and the kind's realtime channel; on InsForge, point that
+    channel at the function."""
     _require_https(webhook_url)
     with _connect(database_url) as conn, conn.transaction():
         caps = _capabilities(conn)
         stored = {
-            _store(conn, name, value) for name, value in _webhook_settings(webhook_url, secret, channel)
+            _store(conn, name, value) for name, value in _webhook_settings(kind, webhook_url, secret, channel)
         }
         configured_channel = None
         if caps["insforge_channels"]:
-            conn.execute(
-                _CHANNEL, {"channel": channel, "url": token_url(webhook_url, secret), "base": webhook_url}
-            )
+            params = {
+                "channel": channel,
+                "description": f"planbus: new {kind.table} rows for {kind.webhook_target}",
+                "url": token_url(webhook_url, secret),
+                "base": webhook_url,
+            }
+            conn.execute(_CHANNEL, params)
+            conn.execute(_LEAVE_OTHER_CHANNELS, params)
             configured_channel = channel
     delivery: Delivery = "pg_net" if caps["pg_net"] else "realtime" if caps["realtime_publish"] else "notify"
-    return WebhookReport(" and ".join(sorted(stored)), delivery, configured_channel)
+    return WebhookReport(kind.table, " and ".join(sorted(stored)), delivery, configured_channel)
 
 
-def _webhook_settings(webhook_url: str, secret: str, channel: str) -> list[tuple[str, str]]:
-    return [("webhook_url", webhook_url), ("webhook_secret", secret), ("realtime_channel", channel)]
+def _webhook_settings(
+    kind: RequestKind, webhook_url: str, secret: str, channel: str
+) -> list[tuple[str, str]]:
+    names = [
+        (kind.webhook_url_setting, webhook_url),
+        ("webhook_secret", secret),
+        (kind.channel_setting, channel),
+    ]
+    if kind.unsuffixed_settings:
+        names += [("webhook_url", webhook_url), ("realtime_channel", channel)]
+    return names
 
 
 def schedule_cron(

@@ -1,8 +1,9 @@
-"""infra/functions.conf and infra/schedules.conf: read strictly, every problem reported at once.
+"""infra/functions.conf, infra/schedules.conf and infra/queues.conf: read strictly, every problem
+reported at once.
 
-Both are INI files in the subset deploy.sh's own reader understands: `[section]`, `key = value` on one
-line, whole-line `#` comments. Anything else (unknown or missing keys, malformed values) is refused here,
-so the shell script can take every value as it stands.
+All three are INI files in a strict subset: `[section]`, `key = value` on one line, whole-line `#`
+comments. Anything else (unknown or missing keys, malformed values) is refused here, before deploy runs
+anything, so every step can take every value as it stands.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ FUNCTION_KEYS = (
     "batch",
 )
 SCHEDULE_KEYS = ("function", "schedule", "time_zone", "body", "attempt_deadline")
+QUEUE_KEYS = (
+    "max_concurrent_dispatches",
+    "max_dispatches_per_second",
+    "max_attempts",
+    "min_backoff",
+    "max_backoff",
+    "max_doublings",
+)
+Access = Literal["public", "scheduler", "tasks"]
+ACCESS: tuple[Access, ...] = ("public", "scheduler", "tasks")
 
 _TARGET = re.compile(r"^[a-z][a-z0-9_]{2,62}$")
 _JOB = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -38,6 +49,8 @@ _RUNTIME = re.compile(r"^python3\d{1,2}$")
 _MEMORY = re.compile(r"^[1-9]\d*(Mi|Gi)$")
 _CPU = re.compile(r"^(\d+(\.\d+)?|\.\d+)$")
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,-]+$")
+_QUEUE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+_RATE = re.compile(r"^(\d+(\.\d+)?|\.\d+)$")
 
 
 @dataclass(frozen=True)
@@ -52,7 +65,7 @@ class FunctionSpec:
     concurrency: int
     min_instances: int
     max_instances: int
-    access: Literal["public", "scheduler"]
+    access: Access
     secrets: tuple[str, ...]
     calls_llm: bool
     batch: bool
@@ -139,9 +152,9 @@ def load_functions(path: Path, secret_settings: set[str], problems: list[str]) -
         cpu_ok = bool(_CPU.match(v["cpu"])) and float(v["cpu"]) > 0
         if not cpu_ok:
             problems.append(f"{where}: cpu must be a positive number, not {v['cpu']!r}")
-        access = v["access"]
-        if access not in ("public", "scheduler"):
-            problems.append(f"{where}: access must be public or scheduler, not {access!r}")
+        access = next((a for a in ACCESS if a == v["access"]), None)
+        if access is None:
+            problems.append(f"{where}: access must be {', '.join(ACCESS)}, not {v['access']!r}")
         secrets = tuple(v["secrets"].split())
         for name in secrets:
             if name not in secret_settings:
@@ -157,7 +170,7 @@ def load_functions(path: Path, secret_settings: set[str], problems: list[str]) -
             concurrency=_integer(where, "concurrency", v["concurrency"], 1, 1000, problems),
             min_instances=_integer(where, "min_instances", v["min_instances"], 0, 1000, problems),
             max_instances=_integer(where, "max_instances", v["max_instances"], 1, 1000, problems),
-            access="scheduler" if access == "scheduler" else "public",
+            access=access or "public",
             secrets=secrets,
             calls_llm=_yes_no(where, "calls_llm", v["calls_llm"], problems),
             batch=_yes_no(where, "batch", v["batch"], problems),
@@ -210,3 +223,65 @@ def load_schedules(path: Path, functions: list[FunctionSpec], problems: list[str
             )
         )
     return specs
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """The Cloud Tasks queue, as infra/queues.conf describes it: its id, rate limits and retry config."""
+
+    queue: str
+    max_concurrent_dispatches: int
+    max_dispatches_per_second: float
+    max_attempts: int
+    min_backoff: int
+    max_backoff: int
+    max_doublings: int
+
+    def flags(self) -> list[str]:
+        """The limits as flags of `gcloud tasks queues create` and `update` (durations end in s)."""
+        return [
+            f"--max-concurrent-dispatches={self.max_concurrent_dispatches}",
+            f"--max-dispatches-per-second={self.max_dispatches_per_second:g}",
+            f"--max-attempts={self.max_attempts}",
+            f"--min-backoff={self.min_backoff}s",
+            f"--max-backoff={self.max_backoff}s",
+            f"--max-doublings={self.max_doublings}",
+        ]
+
+
+def load_queue(path: Path, problems: list[str]) -> QueueSpec | None:
+    """The one queue every kind shares (it is the global cap on concurrent LLM calls)."""
+    sections = _read(path, QUEUE_KEYS, problems)
+    if len(sections) > 1:
+        problems.append(
+            f"{path.name}: describe one queue, not {len(sections)}: every kind shares it, which is what "
+            "makes max_concurrent_dispatches the cap on concurrent LLM calls"
+        )
+    for queue, values in sections.items():
+        where = f"{path.name} [{queue}]"
+        if not all(values.get(key, "").strip() for key in QUEUE_KEYS):
+            return None
+        v = {key: values[key].strip() for key in QUEUE_KEYS}
+        if not _QUEUE.match(queue):
+            problems.append(f"{where}: a queue id is 1-100 letters, digits and hyphens")
+        rate = float(v["max_dispatches_per_second"]) if _RATE.match(v["max_dispatches_per_second"]) else 0.0
+        if not 0 < rate <= 500:
+            problems.append(
+                f"{where}: max_dispatches_per_second must be a number above 0 and at most 500 (the most "
+                f"Cloud Tasks allows), not {v['max_dispatches_per_second']!r}"
+            )
+        spec = QueueSpec(
+            queue=queue,
+            max_concurrent_dispatches=_integer(
+                where, "max_concurrent_dispatches", v["max_concurrent_dispatches"], 1, 5000, problems
+            ),
+            max_dispatches_per_second=rate,
+            max_attempts=_integer(where, "max_attempts", v["max_attempts"], 1, 100, problems),
+            min_backoff=_integer(where, "min_backoff", v["min_backoff"], 1, 3600, problems),
+            max_backoff=_integer(where, "max_backoff", v["max_backoff"], 1, 3600, problems),
+            max_doublings=_integer(where, "max_doublings", v["max_doublings"], 0, 16, problems),
+        )
+        if spec.min_backoff > spec.max_backoff:
+            problems.append(f"{where}: min_backoff is larger than max_backoff")
+        return spec
+    return None
