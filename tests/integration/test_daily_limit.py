@@ -68,7 +68,8 @@ def test_the_request_past_the_limit_is_refused_and_the_days_earlier_requests_sta
 
 def test_the_refusal_maps_to_limit_exceeded() -> None:
     error = database_error("daily plan request limit reached: 3 per user per day", "PT429")
-    assert isinstance(error, LimitExceeded) and isinstance(error, DatabaseError)
+    assert type(error) is LimitExceeded
+    assert (error.sqlstate, str(error)) == ("PT429", "daily plan request limit reached: 3 per user per day")
 
 
 def test_one_users_limit_does_not_touch_another_user(

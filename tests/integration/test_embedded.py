@@ -267,5 +267,12 @@ def test_a_failed_start_leaves_no_process_and_no_temporary_folder() -> None:
     assert processes_using(server.base_dir) == []
 
 
-def test_stopping_a_server_that_never_started_does_nothing() -> None:
-    EmbeddedPostgres().stop()
+def test_stopping_a_server_that_never_started_touches_no_folder(project_dir: Path) -> None:
+    unstarted = EmbeddedPostgres()
+    unstarted.stop()
+    assert unstarted.base_dir is None  # no temporary folder was made for it
+    kept = project_dir / "pg"
+    (kept / "data").mkdir(parents=True)
+    (kept / "data" / "PG_VERSION").write_text("18\n")
+    EmbeddedPostgres(base_dir=kept).stop()
+    assert (kept / "data" / "PG_VERSION").read_text() == "18\n"

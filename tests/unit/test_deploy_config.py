@@ -45,9 +45,12 @@ def problems_of(values: dict[str, str], infra: Path = INFRA) -> str:
 
 
 @pytest.mark.parametrize("target", [spec.target for spec in infra_targets()])
-def test_main_py_serves_every_target_of_infra(target: str) -> None:
+def test_main_py_serves_every_target_of_infra(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", "deploy-check-secret")
     app = functions_framework.create_app(target, str(ROOT / "functions" / "main.py"))  # type: ignore[no-untyped-call]
-    assert app is not None
+    # Past the secret, a GET reaches the target's own function, which names itself in its refusal.
+    response = app.test_client().get("/", query_string={"token": "deploy-check-secret"})
+    assert (response.status_code, response.get_json()) == (405, {"error": f"{target} takes POST"})
 
 
 def test_the_example_env_file_is_a_valid_configuration() -> None:
