@@ -196,7 +196,12 @@ def test_under_repeatable_read_the_second_of_two_racing_inserts_fails_instead_of
             act_as(conn, mini_app(ADA))
             conn.execute("SELECT count(*) FROM plan_requests")  # takes the snapshot now
         first.execute(NEW_REQUEST, {"lead": first_lead["id"], "telegram_id": ADA})
-        racer = threading.Thread(target=lambda: time.sleep(0.2) or first.commit())
+
+        def commit_later() -> None:
+            time.sleep(0.2)
+            first.commit()
+
+        racer = threading.Thread(target=commit_later)
         racer.start()
         with pytest.raises(psycopg.Error) as refused:
             second.execute(NEW_REQUEST, {"lead": second_lead["id"], "telegram_id": ADA})

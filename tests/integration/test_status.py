@@ -113,7 +113,8 @@ def arranged(
 
     def claim_one(lease: int = 300) -> Row:
         (claimed,) = db.call("planbus_claim_due_reminders", p_limit=10, p_lease_seconds=lease)
-        return claimed
+        row: Row = claimed
+        return row
 
     planned(3001, -30)
     sent = claim_one()

@@ -6,6 +6,7 @@ import io
 import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from planbus.devstack.console import Console, parse_log_line, render_log_line
 from planbus.devstack.render import plan_table, progress_line, reminder_table, table, timeline
@@ -98,7 +99,9 @@ def test_a_table_wraps_its_last_column_under_itself() -> None:
 
 
 def test_a_plan_prints_as_its_summary_and_a_step_table() -> None:
-    lead = LeadFacts(id="6a11664b-6e99-4386-9de4-8ce6816ce611", full_name="Maya Chen", company="Northwind")
+    lead = LeadFacts(
+        id=UUID("6a11664b-6e99-4386-9de4-8ce6816ce611"), full_name="Maya Chen", company="Northwind"
+    )
     generation = OfflineGenerator().generate(lead, today=date(2026, 11, 27))
     result = PlanResult(
         plan=generation.plan,

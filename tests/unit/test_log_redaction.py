@@ -129,7 +129,9 @@ def test_every_secret_setting_and_the_database_password_are_registered(
         "supabase_service_role_key": "eyJservice.role.value-4",
         "supabase_jwt_secret": "jwt-secret-value-5-long-enough-for-hs256",
     }
-    settings = Settings(database_url="postgresql://planbus:p%40ss-word-6@db.example:5432/planbus", **values)
+    settings = Settings.model_validate(
+        {"database_url": "postgresql://planbus:p%40ss-word-6@db.example:5432/planbus", **values}
+    )
     register_secrets(settings)
     log = logs.get_logger("test")
     for value in [*values.values(), "p@ss-word-6", "p%40ss-word-6"]:
