@@ -16,12 +16,12 @@ import respx
 from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 
-from support.mini_app import BOT_TOKEN, JWT_SECRET, client
 from planbus import bootstrap
 from planbus.db.postgres import PostgresDatabase
 from planbus.embedded import EmbeddedPostgres
 from planbus.migrate import migrate
 from planbus.settings import Settings, get_settings
+from support.mini_app import BOT_TOKEN, JWT_SECRET, client
 
 # Read once, before the autouse fixture below clears the environment for every test.
 SERVER_URL_FROM_ENV = os.environ.get("DATABASE_URL")

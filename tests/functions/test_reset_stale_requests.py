@@ -14,13 +14,13 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from support import mini_app
-from support.concurrency import run_together
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
 from planbus.llm import make_generator
 from planbus.services.recovery import reset_stale_requests
 from planbus.settings import Settings
+from support import mini_app
+from support.concurrency import run_together
 from support.request_rows import error_history, request_row
 
 SECRET = "scheduler-secret"

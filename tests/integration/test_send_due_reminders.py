@@ -6,6 +6,7 @@ Real PostgreSQL; Telegram faked at the HTTP transport with respx, asserting the 
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -14,13 +15,16 @@ import httpx
 import pytest
 import respx
 
-from support.concurrency import run_together
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import ConfigurationError
+from planbus.models import LeadFacts, Plan
+from planbus.planning import reminder_text
 from planbus.services.reminders import reminder_message, send_due_reminders
 from planbus.settings import Settings
 from planbus.telegram import OutboxSender, RateLimiter, TelegramSender
+from support.concurrency import run_together
+from support.openai_fakes import VALID_PLAN
 from support.reminder_rows import (
     BASE,
     SEND_URL,
@@ -160,7 +164,7 @@ def test_two_concurrent_calls_never_send_the_same_reminder(
     assert sum(results) == 80
     # Each chat got its first step before its second.
     for chat in range(8000, 8040):
-        steps = [text.rsplit("\n", 1)[-1] for c, text in messages if c == chat]
+        steps = [text.removeprefix("Reminder: ") for c, text in messages if c == chat]
         assert steps == ["first", "second"]
 
 
@@ -204,11 +208,18 @@ def test_limit_bounds_how_many_reminders_one_call_takes(db: PostgresDatabase, sq
     assert statuses.fetchall() == [{"status": "scheduled", "n": 2}, {"status": "sent", "n": 3}]
 
 
-def test_messages_name_the_lead_and_the_step_and_fit_telegrams_limit() -> None:
-    base = {"lead_name": "Ada Lovelace", "company": "Analytical Engines", "step_index": 2, "text": "Call"}
-    expected = "Reminder: Ada Lovelace (Analytical Engines)\nStep 3 of the engagement plan\n\nCall"
-    assert reminder_message(base) == expected
-    assert reminder_message({**base, "company": None}).startswith("Reminder: Ada Lovelace\n")
+def test_a_message_says_the_step_the_lead_and_the_channel_once_and_fits_telegrams_limit() -> None:
+    lead = LeadFacts(id=uuid.uuid4(), full_name="Ada Lovelace", company="Analytical Engines")
+    text = reminder_text(Plan.model_validate(VALID_PLAN).steps[0], lead, number=1, total=3)
+    base = {"lead_name": "Ada Lovelace", "company": "Analytical Engines", "step_index": 0, "text": text}
+    assert reminder_message(base) == (
+        "Reminder: Step 1 of 3 for Ada Lovelace (Analytical Engines) · Telegram\n"
+        "Send Ada a short note about the engine demo\n"
+        "Goal: Get a reply\n"
+        "\n"
+        "Draft:\n"
+        "Hi Ada, loved your notes on the engine. Could we talk this week?"
+    )
     long = reminder_message({**base, "text": "x" * 10_000})
     assert len(long) == 4096
     assert long.endswith("…")

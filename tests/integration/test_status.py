@@ -113,7 +113,8 @@ def arranged(
 
     def claim_one(lease: int = 300) -> Row:
         (claimed,) = db.call("planbus_claim_due_reminders", p_limit=10, p_lease_seconds=lease)
-        return claimed
+        row: Row = claimed
+        return row
 
     planned(3001, -30)
     sent = claim_one()
@@ -226,7 +227,9 @@ def test_status_is_for_the_service_role_only(sql: SQL) -> None:
             sql.execute("SELECT public.planbus_status()")
     with sql.transaction():
         sql.execute("SET LOCAL ROLE service_role")
-        assert sql.execute("SELECT public.planbus_status() AS s").fetchone() is not None
+        status = sql.execute("SELECT public.planbus_status() AS s").fetchone()
+        assert status is not None
+        assert set(status["s"]) == {"generated_at", "requests", "failures_24h", "reminders", "limits"}
 
 
 def test_status_json_prints_the_status_object(

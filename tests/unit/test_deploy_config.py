@@ -95,11 +95,12 @@ def edit_section(infra: Path, target: str, key: str, value: str) -> None:
         for spec in infra_targets()
     ],
 )
-def test_main_py_serves_every_target_of_infra(target: str) -> None:
+def test_main_py_serves_every_target_of_infra(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET", "deploy-check-secret")
     app = functions_framework.create_app(target, str(ROOT / "functions" / "main.py"))  # type: ignore[no-untyped-call]
-    # unconfigured (no secret, no database), every target still answers with its JSON error
-    response = app.test_client().post("/", json={})
-    assert response.is_json and "error" in response.get_json()
+    # Past the secret, a GET reaches the target's own function, which names itself in its refusal.
+    response = app.test_client().get("/", query_string={"token": "deploy-check-secret"})
+    assert (response.status_code, response.get_json()) == (405, {"error": f"{target} takes POST"})
 
 
 def test_every_kind_has_its_webhook_and_its_worker_in_infra() -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from planbus.initdata import (
     MAX_INIT_DATA_LENGTH,
     InvalidInitData,
+    VerifiedInitData,
     data_check_string,
     sign_init_data,
     verify_init_data,
@@ -37,7 +38,7 @@ def fields(**overrides: str | None) -> dict[str, str]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def verify(init_data: str, bot_token: str = BOT_TOKEN) -> object:
+def verify(init_data: str, bot_token: str = BOT_TOKEN) -> VerifiedInitData:
     return verify_init_data(init_data, bot_token, now=NOW, max_age=DAY)
 
 

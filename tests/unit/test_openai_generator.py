@@ -9,14 +9,15 @@ from typing import Any
 
 import httpx2
 import pytest
+from pydantic import SecretStr
 
-from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
 from planbus.errors import ConfigurationError, GenerationError
 from planbus.llm import make_generator
 from planbus.llm.offline import OfflineGenerator
 from planbus.llm.openai_generator import OpenAIGenerator
 from planbus.models import LeadFacts, Plan
 from planbus.settings import Settings
+from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
 
 LEAD = LeadFacts(
     id=uuid.uuid4(),
@@ -252,7 +253,7 @@ def test_without_an_api_key_the_offline_generator_is_the_default() -> None:
 
 def test_with_an_api_key_the_openai_generator_uses_the_openai_settings() -> None:
     settings = Settings(
-        openai_api_key="sk-live",
+        openai_api_key=SecretStr("sk-live"),
         openai_model="gpt-5",
         openai_base_url="http://localhost:11434/v1",
         openai_timeout=12,
@@ -265,7 +266,7 @@ def test_with_an_api_key_the_openai_generator_uses_the_openai_settings() -> None
 
 def test_the_openai_base_url_setting_directs_the_requests() -> None:
     fake = FakeOpenAI(completion(VALID_PLAN))
-    settings = Settings(openai_api_key="sk-live", openai_base_url="http://localhost:11434/v1")
+    settings = Settings(openai_api_key=SecretStr("sk-live"), openai_base_url="http://localhost:11434/v1")
     make_generator(settings, http_client=fake.client()).generate(LEAD, today=TODAY)
 
     assert str(fake.requests[0].url) == "http://localhost:11434/v1/chat/completions"
@@ -278,5 +279,5 @@ def test_choosing_openai_without_a_key_is_a_configuration_error() -> None:
 
 def test_offline_can_be_chosen_even_with_a_key() -> None:
     assert isinstance(
-        make_generator(Settings(openai_api_key="sk", plan_generator="offline")), OfflineGenerator
+        make_generator(Settings(openai_api_key=SecretStr("sk"), plan_generator="offline")), OfflineGenerator
     )

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from support.openai_fakes import VALID_PLAN
 from planbus import schema
 from planbus.models import MAX_DAY_OFFSET, MAX_MESSAGE, MAX_STEPS, Plan, PlanResult, WebhookPayload
+from support.openai_fakes import VALID_PLAN
 
 
 def plan_with(**changes: Any) -> dict[str, Any]:

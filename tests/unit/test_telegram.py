@@ -9,6 +9,7 @@ import logging
 import httpx
 import pytest
 import respx
+from pydantic import SecretStr
 
 from planbus.errors import ConfigurationError, DeliveryError
 from planbus.settings import Settings
@@ -147,7 +148,7 @@ def test_without_a_token_the_outbox_is_the_sender() -> None:
 
 
 def test_with_a_token_telegram_is_the_sender() -> None:
-    sender = make_sender(Settings(telegram_bot_token=TOKEN, telegram_api_base=BASE))
+    sender = make_sender(Settings(telegram_bot_token=SecretStr(TOKEN), telegram_api_base=BASE))
     assert isinstance(sender, TelegramSender)
     assert sender.via == "telegram"
     sender.close()

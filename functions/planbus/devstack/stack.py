@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import sys
 from collections.abc import Callable
@@ -231,10 +232,10 @@ class Stack:
         return lines
 
     def state(self) -> dict[str, Any]:
-        """What other tools need to find the stack (no secrets): database, URLs and process ids."""
+        """What other tools need to find the stack (no secrets): database (password masked), URLs and pids."""
         return {
             "pid": os.getpid(),
-            "database_url": self.database_url,
+            "database_url": safe_url(self.database_url),
             "embedded": self.embedded is not None,
             "functions": {
                 name: {"url": self.urls[name], "pid": server.pid, "restarts": server.restarts}
@@ -260,7 +261,8 @@ def server_command(target: str, source: Path, host: str, port: int) -> list[str]
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password."""
+    """The URL without its password, in the credentials or a `password` query parameter (libpq's)."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not at or ":" not in credentials:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import jwt
 from pydantic import BaseModel, ConfigDict
 
 from planbus import logs
@@ -102,6 +101,8 @@ def mint_access_token(
         "iat": int(issued_at.timestamp()),
         "exp": int(expires_at.timestamp()),
     }
+    import jwt  # PyJWT (and cryptography with it): only telegram_auth signs, so only it pays for them
+
     with warnings.catch_warnings():
         # A short key is reported once by signing_key(); PyJWT would warn again on every token.
         warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)

@@ -61,12 +61,10 @@ class ReminderCounts:
 
 
 def reminder_message(reminder: dict[str, Any]) -> str:
-    """The message a salesperson receives: which lead, which step of the plan, and the drafted text."""
-    lead = str(reminder["lead_name"])
-    if reminder.get("company"):
-        lead = f"{lead} ({reminder['company']})"
-    step = int(reminder["step_index"]) + 1
-    message = f"Reminder: {lead}\nStep {step} of the engagement plan\n\n{reminder['text']}"
+    """The message a salesperson receives: the reminder's text, which the planner wrote to name the step,
+    the lead, the channel, the action, its goal and the draft (planning.reminder_text), marked as a reminder.
+    """
+    message = f"Reminder: {reminder['text']}"
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return message
