@@ -7,13 +7,22 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from planbus.errors import ConfigurationError
 
 # What PROOF_URL_HOSTS lists: host names (dot-separated labels of letters, digits and inner hyphens).
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+# CLOUD_TASKS_QUEUE: a queue's full resource name (project ids may be domain-scoped, `example.com:p`).
+_QUEUE_NAME = re.compile(r"projects/[a-z0-9.:-]{1,100}/locations/[a-z0-9-]{1,63}/queues/[A-Za-z0-9-]{1,100}")
+_EMULATOR_HOST = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})")
+_SERVICE_ACCOUNT = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# A dispatch deadline covers the kind's LLM call plus this much for the database work around it.
+DISPATCH_DEADLINE_MARGIN = 30.0
+# Cloud Tasks refuses HTTP-target deadlines above 30 minutes.
+MAX_DISPATCH_DEADLINE = 1800.0
 
 DEFAULT_OPENAI_MODEL = "gpt-5-mini"
 # Drafts may come with a screenshot: the model must take image input (the GPT-5 family does).
@@ -58,6 +67,27 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    dispatch: Literal["cloud-tasks", "inline"] | None = None
+    cloud_tasks_queue: str | None = Field(default=None, description="projects/P/locations/L/queues/Q")
+    plan_worker_url: str | None = Field(default=None, description="URL of process_plan_request")
+    draft_worker_url: str | None = Field(default=None, description="URL of process_draft_request")
+    cloud_tasks_service_account: str | None = Field(default=None, description="OIDC identity of tasks")
+    cloud_tasks_emulator_host: str | None = Field(default=None, description="host:port of an emulator")
+
+    @field_validator(
+        "dispatch",
+        "cloud_tasks_queue",
+        "plan_worker_url",
+        "draft_worker_url",
+        "cloud_tasks_service_account",
+        "cloud_tasks_emulator_host",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `CLOUD_TASKS_QUEUE=` in an env file means "not set", not a queue named "".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _lease_outlives_llm_call(self) -> Settings:
         if self.lease_seconds <= self.openai_timeout:
@@ -82,12 +112,91 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _dispatch_settings_are_well_formed(self) -> Settings:
+        if self.cloud_tasks_queue is not None and not _QUEUE_NAME.fullmatch(self.cloud_tasks_queue):
+            raise ValueError(
+                f"CLOUD_TASKS_QUEUE {self.cloud_tasks_queue[:120]!r} is not a queue name: "
+                "projects/PROJECT/locations/LOCATION/queues/QUEUE"
+            )
+        for name, url in (
+            ("PLAN_WORKER_URL", self.plan_worker_url),
+            ("DRAFT_WORKER_URL", self.draft_worker_url),
+        ):
+            if url is not None:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ValueError(f"{name} {url[:120]!r} is not an http(s) URL")
+        host = self.cloud_tasks_emulator_host
+        if host is not None:
+            matched = _EMULATOR_HOST.fullmatch(host)
+            if matched is None or not 0 < int(matched["port"]) < 65536:
+                raise ValueError(
+                    f"CLOUD_TASKS_EMULATOR_HOST {host[:120]!r} is not host:port (no scheme), "
+                    "e.g. 127.0.0.1:9022"
+                )
+        account = self.cloud_tasks_service_account
+        if account is not None and not _SERVICE_ACCOUNT.fullmatch(account):
+            raise ValueError(f"CLOUD_TASKS_SERVICE_ACCOUNT {account[:120]!r} is not a service account email")
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlives_dispatch(self) -> Settings:
+        if self.dispatch_mode != "cloud-tasks":
+            return self
+        for kind in ("plan", "draft"):
+            deadline = self.dispatch_deadline(kind)
+            if deadline > MAX_DISPATCH_DEADLINE:
+                raise ValueError(
+                    f"the {kind} dispatch deadline ({deadline:g} s: its LLM timeout plus "
+                    f"{DISPATCH_DEADLINE_MARGIN:g} s) is above Cloud Tasks' {MAX_DISPATCH_DEADLINE:g} s"
+                )
+            if deadline >= self.lease_seconds:
+                raise ValueError(
+                    f"LEASE_SECONDS ({self.lease_seconds}) must be larger than the {kind} dispatch deadline "
+                    f"({deadline:g} s: its LLM timeout plus {DISPATCH_DEADLINE_MARGIN:g} s): the claim must "
+                    "hold as long as Cloud Tasks waits on the worker, or the sweeper would hand the request "
+                    "to a second worker while the first still runs"
+                )
+        return self
+
     @property
     def generator(self) -> Literal["openai", "offline"]:
         """The plan generator in use: explicit, else OpenAI when a key is set, else offline."""
         if self.plan_generator is not None:
             return self.plan_generator
         return "openai" if self.openai_api_key else "offline"
+
+    @property
+    def dispatch_mode(self) -> Literal["cloud-tasks", "inline"]:
+        """Who runs a request's LLM call: explicit DISPATCH, else Cloud Tasks when a queue is set, else the
+        webhook itself."""
+        if self.dispatch is not None:
+            return self.dispatch
+        return "cloud-tasks" if self.cloud_tasks_queue else "inline"
+
+    def llm_timeout(self, kind: str) -> float:
+        """Seconds one LLM call of a request kind may take (DRAFT_OPENAI_TIMEOUT for drafts)."""
+        return self.draft_openai_timeout if kind == "draft" else self.openai_timeout
+
+    def dispatch_deadline(self, kind: str) -> float:
+        """How long Cloud Tasks waits for a worker's answer: the kind's LLM timeout plus a margin."""
+        return self.llm_timeout(kind) + DISPATCH_DEADLINE_MARGIN
+
+    def worker_url(self, kind: str) -> str:
+        """The URL Cloud Tasks calls for a kind (PLAN_WORKER_URL, DRAFT_WORKER_URL); unset is an error."""
+        urls = {
+            "plan": ("PLAN_WORKER_URL", self.plan_worker_url),
+            "draft": ("DRAFT_WORKER_URL", self.draft_worker_url),
+        }
+        if kind not in urls:
+            raise ConfigurationError(f"no worker URL setting for request kind {kind!r}")
+        name, url = urls[kind]
+        if not url:
+            raise ConfigurationError(
+                f"DISPATCH is cloud-tasks but {name} is not set: nowhere to send {kind} tasks"
+            )
+        return url
 
     @property
     def proof_url_allowed_hosts(self) -> frozenset[str]:
