@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import pytest
 
-from planbus.devstack.tasks_emulator import LOCAL_QUEUE, LocalDispatch, TasksEmulator, emulator_command
+from planbus.devstack.tasks_emulator import (
+    LOCAL_QUEUE,
+    LocalDispatch,
+    TasksEmulator,
+    Worker,
+    emulator_command,
+)
 from planbus.errors import ConfigurationError
 from planbus.settings import Settings
 from support.devstack_helpers import memory_console
 
 FUNCTIONS = ("handle_plan_request", "send_due_reminders", "reset_stale_requests", "telegram_auth")
-WORKERS = ("process_plan_request", "process_draft_request")
-WORKER_URLS = {"process_plan_request": "PLAN_WORKER_URL", "process_draft_request": "DRAFT_WORKER_URL"}
+WORKERS = (
+    Worker("handle_plan_request", "process_plan_request", "PLAN_WORKER_URL"),
+    Worker("handle_draft_request", "process_draft_request", "DRAFT_WORKER_URL"),
+)
 SHELL = {
     "PATH": "/usr/bin",
     "DISPATCH": "cloud-tasks",
@@ -23,9 +31,9 @@ SHELL = {
 }
 
 
-def dispatch(mode: str) -> LocalDispatch:
+def dispatch(mode: str, functions: tuple[str, ...] = FUNCTIONS) -> LocalDispatch:
     console, _ = memory_console()
-    return LocalDispatch(mode, console, workers=WORKER_URLS)  # type: ignore[arg-type]
+    return LocalDispatch(mode, console, functions=functions, workers=WORKERS)  # type: ignore[arg-type]
 
 
 def with_emulator(local: LocalDispatch) -> TasksEmulator:
@@ -35,16 +43,25 @@ def with_emulator(local: LocalDispatch) -> TasksEmulator:
     return local.emulator
 
 
-def test_with_cloud_tasks_every_kinds_worker_is_served_too() -> None:
-    assert dispatch("cloud-tasks").targets(FUNCTIONS) == (*FUNCTIONS, *WORKERS)
+def test_with_cloud_tasks_the_worker_of_each_served_webhook_is_served_too() -> None:
+    assert dispatch("cloud-tasks").targets == (*FUNCTIONS, "process_plan_request")
+    both = (*FUNCTIONS, "handle_draft_request")
+    assert dispatch("cloud-tasks", both).targets == (*both, "process_plan_request", "process_draft_request")
 
 
 def test_a_worker_already_listed_is_served_once() -> None:
-    assert dispatch("cloud-tasks").targets((*FUNCTIONS, *WORKERS)) == (*FUNCTIONS, *WORKERS)
+    listed = (*FUNCTIONS, "process_plan_request")
+    assert dispatch("cloud-tasks", listed).targets == listed
 
 
 def test_inline_serves_no_worker() -> None:
-    assert dispatch("inline").targets((*FUNCTIONS, *WORKERS)) == FUNCTIONS
+    assert dispatch("inline", (*FUNCTIONS, "process_plan_request")).targets == FUNCTIONS
+
+
+def test_a_stack_without_webhooks_needs_no_emulator() -> None:
+    local = dispatch("cloud-tasks", ("send_due_reminders",))
+    local.start(Settings(lease_seconds=3, openai_timeout=1, draft_openai_timeout=1))
+    assert (local.targets, local.emulator) == (("send_due_reminders",), None)
 
 
 def test_inline_servers_are_told_inline_whatever_the_shell_says() -> None:
@@ -101,6 +118,6 @@ def test_the_emulator_runs_bounded_retries_on_the_local_queue() -> None:
 def test_the_description_names_the_emulator_and_the_workers() -> None:
     local = dispatch("cloud-tasks")
     emulator = with_emulator(local)
-    text = "\n".join(local.describe({"process_plan_request": "http://127.0.0.1:4002"}))
+    text = "\n".join(local.describe())
     assert emulator.host in text and LOCAL_QUEUE in text and "process_plan_request" in text
     assert local.state()["emulator"]["host"] == emulator.host

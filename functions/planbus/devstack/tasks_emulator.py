@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,30 +132,42 @@ def emulator_environment() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
 
 
+@dataclass(frozen=True)
+class Worker:
+    """A kind's worker as the stack serves it: the webhook that enqueues for it, its own target, and the
+    setting that tells the webhook its URL."""
+
+    webhook: str  # handle_plan_request
+    target: str  # process_plan_request
+    url_setting: str  # PLAN_WORKER_URL
+
+
 class LocalDispatch:
-    """How the local stack dispatches: `cloud-tasks` (the emulator, and each kind's worker as a server of
-    its own) or `inline` (the webhooks do the work, as before the queue existed). `workers` maps each
-    worker target to the setting that holds its URL (process_plan_request -> PLAN_WORKER_URL)."""
+    """How the local stack dispatches: `cloud-tasks` (the emulator, and the worker of every webhook it
+    serves as a server of its own) or `inline` (the webhooks do the work, as before the queue existed)."""
 
     def __init__(
-        self, mode: Dispatch, console: Console, *, workers: Mapping[str, str], host: str = "127.0.0.1"
+        self,
+        mode: Dispatch,
+        console: Console,
+        *,
+        functions: Sequence[str],
+        workers: Sequence[Worker],
+        host: str = "127.0.0.1",
     ) -> None:
         self.mode = mode
         self.console = console
-        self.workers = dict(workers)
         self.host = host
         self.emulator: TasksEmulator | None = None
-
-    def targets(self, functions: Sequence[str]) -> tuple[str, ...]:
-        """The functions to serve: with Cloud Tasks every kind's worker too, inline none of them."""
-        workers = list(self.workers)
-        if self.mode == "inline":
-            return tuple(name for name in functions if name not in workers)
-        return (*functions, *(name for name in workers if name not in functions))
+        worker_targets = {worker.target for worker in workers}
+        served = [name for name in functions if name not in worker_targets]
+        self.workers = [w for w in workers if w.webhook in served] if mode == "cloud-tasks" else []
+        self.targets: tuple[str, ...] = (*served, *(worker.target for worker in self.workers))
 
     def start(self, settings: Settings) -> None:
-        """Check that the functions' settings allow this mode, then start the emulator (cloud-tasks)."""
-        if self.mode == "inline":
+        """Check that the functions' settings allow Cloud Tasks, then start the emulator; nothing to do
+        inline or when the stack serves no webhook."""
+        if not self.workers:
             return
         try:
             Settings(**{**settings.model_dump(), "dispatch": "cloud-tasks", "cloud_tasks_queue": LOCAL_QUEUE})
@@ -175,28 +188,28 @@ class LocalDispatch:
         if self.emulator is None:
             return {**env, "DISPATCH": "inline"}
         env.update(self.emulator.environment())
-        for target, setting in self.workers.items():
-            if target in urls:
-                env[setting] = urls[target]
+        for worker in self.workers:
+            if worker.target in urls:
+                env[worker.url_setting] = urls[worker.target]
         return env
 
-    def describe(self, urls: Mapping[str, str]) -> list[str]:
+    def describe(self) -> list[str]:
         """Lines for the stack's description."""
         if self.emulator is None:
             return [f"  {'dispatch':<21} inline: each webhook makes its LLM call itself"]
-        workers = ", ".join(target for target in self.workers if target in urls)
+        workers = ", ".join(worker.target for worker in self.workers)
         return [
             f"  {'cloud tasks emulator':<21} {self.emulator.host}  (gcloud-tasks-emulator, pid "
             f"{self.emulator.pid}; queue {self.emulator.queue})",
-            f"  {'dispatch':<21} cloud-tasks: the webhooks enqueue, the emulator POSTs {workers} "
+            f"  {'dispatch':<21} cloud-tasks: the webhooks enqueue, the emulator POSTs {workers}, "
             "one task at a time",
         ]
 
     def state(self) -> dict[str, Any]:
         """What tools need to find the emulator."""
         if self.emulator is None:
-            return {"mode": self.mode}
+            return {"mode": "inline"}
         return {
-            "mode": self.mode,
+            "mode": "cloud-tasks",
             "emulator": {"host": self.emulator.host, "queue": self.emulator.queue, "pid": self.emulator.pid},
         }
