@@ -246,3 +246,15 @@ print(json.dumps(seen))
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"imported": [], "built": [], "enqueued": True}
     assert fake.task_ids() == ["plan-r1-1"]
+
+
+def test_without_google_credentials_enqueue_is_unauthenticated(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A credentials file that does not exist: google-auth refuses at once, without probing the network.
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    queue = CloudTasksQueue(QUEUE, secret=SECRET, deadline=lambda _kind: 90.0)
+    with pytest.raises(EnqueueError) as caught:
+        queue.enqueue(plan_task())
+    assert caught.value.code == "UNAUTHENTICATED"
+    queue.close()
