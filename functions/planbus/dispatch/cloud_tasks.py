@@ -59,9 +59,7 @@ class CloudTasksQueue:
         name = f"{self.queue}/tasks/{task.task_id}"
         try:
             self._connected().create_task(
-                request={"parent": self.queue, "task": self._task(name, task)},
-                timeout=self.timeout,
-                retry=None,
+                parent=self.queue, task=self._task(name, task), timeout=self.timeout, retry=None
             )
         except api_exceptions.AlreadyExists:
             return EnqueueResult(created=False, task_name=name)
