@@ -1,13 +1,25 @@
-"""Wires real adapters from settings, once per process: a warm function instance reuses its pool."""
+"""The one wiring point: builds the adapters from settings, once per process, so a warm function instance
+reuses its database pool and its generators' HTTP connections.
+
+    settings()                 the settings, with logging configured and secrets registered for masking
+    database()                 the database port (psycopg pool, or the Supabase REST API)
+    generator(kind, settings)  the generator a request kind uses (OpenAI or offline)
+
+Each is imported and built on first use only, so a target pays for nothing it does not call.
+"""
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Any
 
 from planbus import logs
 from planbus.db import Database, connect
 from planbus.http import register_secrets
 from planbus.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from planbus.kinds import AnyKind
 
 _lock = threading.Lock()
 _current: tuple[Settings, Database] | None = None
@@ -31,6 +43,11 @@ def database() -> Database:
                 _current[1].close()
             _current = (wanted, connect(wanted))
         return _current[1]
+
+
+def generator(kind: AnyKind, settings: Settings) -> Any:
+    """The process's generator for `kind` (each kind keeps its own warm for the same settings)."""
+    return kind.generator(settings)
 
 
 def reset() -> None:

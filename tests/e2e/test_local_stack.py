@@ -16,24 +16,25 @@ from typing import Any
 
 import psycopg
 import pytest
-from support.local_stack import PLANBUS, DevStack
 from psycopg.rows import dict_row
 
 from conftest import SERVER_URL_FROM_ENV
-from support.devstack_helpers import group_alive, wait_until
 from planbus.db.postgres import PostgresDatabase
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
+from support.devstack_helpers import group_alive, wait_until
+from support.local_stack import PLANBUS, DevStack
 
 pytestmark = pytest.mark.e2e
 
 SQL = psycopg.Connection[dict[str, Any]]
 USER = MiniAppUser(uuid.UUID("5f0c7a52-94a4-4f57-9a0e-3d1b2c4e6a10"), 555001)
 # Short leases and a short lost-webhook grace so recovery happens within seconds (LEASE_SECONDS must
-# exceed OPENAI_TIMEOUT, which the offline generator never uses).
+# exceed OPENAI_TIMEOUT and DRAFT_OPENAI_TIMEOUT, which the offline generators never use).
 STACK_SETTINGS = {
     "PLAN_GENERATOR": "offline",
     "LEASE_SECONDS": "3",
     "OPENAI_TIMEOUT": "1",
+    "DRAFT_OPENAI_TIMEOUT": "1",
     "LOST_WEBHOOK_SECONDS": "2",
     "MAX_ATTEMPTS": "3",
     "WEBHOOK_SECRET": "e2e-webhook-secret",
@@ -168,7 +169,7 @@ def test_a_request_whose_worker_was_killed_mid_processing_is_recovered_by_the_sw
     )
     assert done["attempts"] == 2
     errors = sql.execute(
-        "SELECT message FROM planbus_private.plan_request_errors WHERE request_id = %s", (request_id,)
+        "SELECT message FROM planbus_private.request_errors WHERE request_id = %s", (request_id,)
     ).fetchall()
     assert errors == [{"message": "lease expired during attempt 1"}]
 

@@ -14,11 +14,11 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
-from support import mini_app
-from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
 from planbus import llm
 from planbus.models import PlanResult
 from planbus.settings import Settings
+from support import mini_app
+from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
 from support.request_rows import request_row
 
 Row = dict[str, Any]
@@ -77,7 +77,7 @@ def state(sql: psycopg.Connection[Row]) -> dict[str, Any]:
     """Everything a request can change, to show that nothing did."""
     return {
         table: sql.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
-        for table in ("plan_requests", "leads", "reminders", "planbus_private.plan_request_errors")
+        for table in ("plan_requests", "leads", "reminders", "planbus_private.request_errors")
     }
 
 

@@ -14,13 +14,13 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from support import mini_app
-from support.concurrency import run_together
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
-from planbus.llm import make_generator
-from planbus.services.recovery import reset_stale_requests
+from planbus.kinds import KINDS
+from planbus.services.recovery import RecoveryCounts, reset_stale_requests
 from planbus.settings import Settings
+from support import mini_app
+from support.concurrency import run_together
 from support.request_rows import error_history, request_row
 
 SECRET = "scheduler-secret"
@@ -46,7 +46,13 @@ def call(body: Any = None, headers: dict[str, str] | None = None) -> Any:
 
 def claimed(sql: Sql, db: PostgresDatabase, request: Row, *, attempts: int, lease_in: float) -> Row:
     """A worker's claim (the real transition), then arranged: its attempt number and when its lease ends."""
-    claim = db.call("planbus_claim_request", p_request_id=request["id"], p_lease_seconds=60, p_max_attempts=9)
+    claim = db.call(
+        "planbus_claim_request",
+        p_kind="plan",
+        p_request_id=request["id"],
+        p_lease_seconds=60,
+        p_max_attempts=9,
+    )
     assert claim["claimed"]
     row = sql.execute(
         """UPDATE plan_requests SET attempts = %s, lease_expires_at = now() + make_interval(secs => %s)
@@ -55,6 +61,13 @@ def claimed(sql: Sql, db: PostgresDatabase, request: Row, *, attempts: int, leas
     ).fetchone()
     assert row is not None
     return row
+
+
+def sweep_with(db: PostgresDatabase, settings: Settings) -> RecoveryCounts:
+    """The sweeper's use case over every kind, with the kinds' offline generators."""
+    return reset_stale_requests(
+        KINDS, db, SystemClock(), generator_for=lambda kind: kind.generator(settings), settings=settings
+    )
 
 
 def webhook_overdue(sql: Sql, request: Row, seconds: float) -> None:
@@ -180,7 +193,7 @@ def test_concurrent_sweepers_process_each_lost_request_once(
     settings = Settings(plan_generator="offline")
 
     def sweep(db: PostgresDatabase) -> dict[str, int]:
-        return reset_stale_requests(db, make_generator(settings), SystemClock(), settings=settings).outcomes
+        return sweep_with(db, settings).outcomes
 
     sweepers = [PostgresDatabase(database_url) for _ in range(3)]
     try:
@@ -203,7 +216,7 @@ def test_nothing_is_taken_on_once_the_time_budget_is_spent(
     request = lost_request(overdue=120)
     settings = Settings(plan_generator="offline", function_budget_seconds=1e-9)
 
-    counts = reset_stale_requests(db, make_generator(settings), SystemClock(), settings=settings)
+    counts = sweep_with(db, settings)
 
     assert counts.redispatched == 0
     assert request_row(sql, request["id"])["status"] == "pending"
@@ -254,7 +267,7 @@ def test_pruning_removes_only_what_is_past_retention(
 
     answer = call().get_json()
 
-    assert answer["pruned"] == {"requests": 1, "reminders": 2, "outbox": 1}
+    assert answer["pruned"] == {"requests": 1, "reminders": 2, "outbox": 1, "deliveries": 0}
     remaining_requests = {r["id"] for r in sql.execute("SELECT id FROM plan_requests").fetchall()}
     assert remaining_requests == {recent["id"], kept_by_reminder["id"]}
     remaining_reminders = {r["id"] for r in sql.execute("SELECT id FROM reminders").fetchall()}

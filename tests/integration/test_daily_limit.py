@@ -100,7 +100,9 @@ def test_a_new_utc_day_starts_a_new_count(
     assert not request_as(sql, ADA, first).refused
     # Yesterday's count, as it would stand at midnight UTC.
     sql.execute(
-        "UPDATE planbus_private.daily_plan_request_counts SET day = day - 1 WHERE telegram_id = %s", [ADA]
+        "UPDATE planbus_private.daily_request_counts SET day = day - 1"
+        " WHERE kind = 'plan' AND telegram_id = %s",
+        [ADA],
     )
     assert not request_as(sql, ADA, second).refused
     assert db.call("planbus_daily_plan_request_limit", p_telegram_id=ADA)["used_today"] == 1

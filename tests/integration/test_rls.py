@@ -37,7 +37,7 @@ OWNER = {"A": "A", "B": "B", "M": "M", "F": None, "anon": None}
 # Whose lead a caller without a lead of its own tries to use.
 TARGET = {"A": "A", "B": "B", "M": "M", "F": "A", "anon": "A"}
 OTHER = {"A": "B", "B": "A", "M": "A", "F": "B", "anon": "B"}
-COUNTS = "planbus_private.daily_plan_request_counts"
+COUNTS = "planbus_private.daily_request_counts"
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def world(conn: psycopg.Connection[dict[str, Any]]) -> World:
         [SUB_A, TG["A"], SUB_M, TG["M"]],
     )
     conn.execute(
-        "INSERT INTO planbus_private.plan_request_errors (request_id, attempt, message) VALUES (%s, 1, 'x')",
+        "INSERT INTO planbus_private.request_errors (kind, request_id, attempt, message)"
+        " VALUES ('plan', %s, 1, 'x')",
         [requests["A"]],
     )
     conn.execute("INSERT INTO planbus_private.settings (name, value) VALUES ('webhook_secret', 's3cret')")
@@ -181,7 +182,7 @@ def test_a_caller_may_insert_a_pending_request_only_for_its_own_lead(
     today = rolled_back.execute("SELECT (now() AT TIME ZONE 'UTC')::date AS day").fetchone()
     assert today is not None
     assert before[COUNTS] == []
-    assert after[COUNTS] == [(TG[target], today["day"], 1)]
+    assert after[COUNTS] == [("plan", TG[target], today["day"], 1)]
     changed = {"public.plan_requests", COUNTS}
     assert {k: v for k, v in after.items() if k not in changed} == {
         k: v for k, v in before.items() if k not in changed
@@ -252,7 +253,7 @@ REFUSED: dict[str, Statement] = {
         q.Literal(TG[OTHER[who]])
     ),
     "read the settings": lambda w, who: q.SQL("SELECT * FROM planbus_private.settings"),
-    "read the error history": lambda w, who: q.SQL("SELECT * FROM planbus_private.plan_request_errors"),
+    "read the error history": lambda w, who: q.SQL("SELECT * FROM planbus_private.request_errors"),
     "read the outbox": lambda w, who: q.SQL("SELECT * FROM planbus_private.telegram_outbox"),
     "read the migrations": lambda w, who: q.SQL("SELECT * FROM planbus_private.schema_migrations"),
     "read a setting through its function": lambda w, who: q.SQL(
@@ -294,7 +295,7 @@ def test_no_planbus_function_may_be_executed_by_the_mini_app(
     rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str
 ) -> None:
     functions = planbus_functions(rolled_back)
-    assert ("public", "planbus_claim_request", 3) in functions
+    assert ("public", "planbus_claim_request", 4) in functions
     before = snapshot(rolled_back)
     allowed = []
     for schema, name, args in functions:

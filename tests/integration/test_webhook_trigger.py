@@ -196,7 +196,7 @@ def test_url_and_secret_are_never_part_of_the_trigger_or_any_function(
          WHERE n.nspname IN ('public', 'planbus_private')
         """
     ).fetchall()
-    assert any("dispatch_plan_request" in d["text"] for d in definitions)
+    assert any("send_request_webhook('plan')" in d["text"] for d in definitions)
     leaks = [d["text"][:80] for d in definitions if URL in d["text"] or SECRET in d["text"]]
     assert leaks == []
 
@@ -269,7 +269,8 @@ def test_a_failing_delivery_path_does_not_refuse_the_insert(
     sql.execute(
         "UPDATE plan_requests SET run_after = now() - interval '1 hour' WHERE id = %s", [request["id"]]
     )
-    assert db.call("planbus_find_lost_requests", p_grace_seconds=60, p_limit=10) == [str(request["id"])]
+    lost = db.call("planbus_find_lost_requests", p_kind="plan", p_grace_seconds=60, p_limit=10)
+    assert [item["id"] for item in lost] == [str(request["id"])]
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from planbus.devstack.sink import TelegramSink
 from planbus.devstack.supervisor import ManagedProcess, free_port, http_ready
 from planbus.embedded import EmbeddedPostgres
 from planbus.errors import ConfigurationError
+from planbus.kinds import KINDS
 from planbus.migrate import default_migrations_dir, migrate
 from planbus.settings import Settings
 
@@ -94,11 +95,14 @@ class Stack:
         self.sink = TelegramSink(self.database_url, console=self.console)
         self.sink.start()
         self._start_servers()
-        if "handle_plan_request" in self.urls:
+        targets = {
+            kind.table: self.urls[kind.handle_target] for kind in KINDS if kind.handle_target in self.urls
+        }
+        if targets:
             # A delivery waits as long as a claim can hold (an LLM call included) before it counts as failed.
             self.relay = WebhookRelay(
                 self.database_url,
-                self.urls["handle_plan_request"],
+                targets,
                 self.secret,
                 console=self.console,
                 timeout=self.settings.lease_seconds + 10,
