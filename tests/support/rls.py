@@ -29,6 +29,7 @@ Role = Literal["anon", "authenticated"]
 TABLES = (
     "public.leads",
     "public.plan_requests",
+    "public.draft_requests",
     "public.reminders",
     "public.telegram_users",
     "planbus_private.request_kinds",

@@ -1,7 +1,7 @@
 """The registry of request kinds: every kind planbus serves, each one registration.
 
     KINDS            every registered kind, in a fixed order (plans first)
-    kind_named(n)    the kind whose SQL name is n ("plan")
+    kind_named(n)    the kind whose SQL name is n ("plan", "draft")
     kind_for_table   the kind whose table an event names
 
 A kind is also a row in planbus_private.request_kinds (its migration registers it there); the use cases,
@@ -12,11 +12,13 @@ imports its LLM client only when its first request is generated.
 from __future__ import annotations
 
 from planbus.kinds.base import AnyKind, Finished, Provenance, RequestKind
+from planbus.kinds.drafts import DRAFT
 from planbus.kinds.plans import PLAN
 
-KINDS: tuple[AnyKind, ...] = (PLAN,)
+KINDS: tuple[AnyKind, ...] = (PLAN, DRAFT)
 
 __all__ = [
+    "DRAFT",
     "KINDS",
     "PLAN",
     "AnyKind",
