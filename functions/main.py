@@ -22,10 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planbus import logs
 from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
-from planbus.kinds import KINDS, PLAN, AnyKind
+from planbus.kinds import DRAFT, KINDS, PLAN, AnyKind
 from planbus.models import UUID_PATTERN, WebhookPayload, describe_errors
 
 if TYPE_CHECKING:
+    from planbus.dispatch import TaskQueue
+    from planbus.services.outcomes import RequestOutcome
     from planbus.settings import Settings
 
 Response = tuple[dict[str, Any], int]
@@ -57,6 +59,18 @@ def process_plan_request(request: flask.Request) -> Response:
     return _worker(PLAN, request)
 
 
+@functions_framework.http
+def handle_draft_request(request: flask.Request) -> Response:
+    """Database webhook on draft_requests (see `_webhook`)."""
+    return _webhook(DRAFT, request)
+
+
+@functions_framework.http
+def process_draft_request(request: flask.Request) -> Response:
+    """Worker for one draft request (see `_worker`)."""
+    return _worker(DRAFT, request)
+
+
 class WorkerCall(BaseModel):
     """The body a worker takes (from Cloud Tasks): the request to process."""
 
@@ -74,7 +88,10 @@ class ScheduledCall(BaseModel):
 
 
 def _webhook(kind: AnyKind, request: flask.Request) -> Response:
-    """A database webhook on the kind's table: claim the inserted row, generate its result, write it.
+    """A database webhook on the kind's table. DISPATCH=cloud-tasks: enqueue the inserted row's attempt for
+    the kind's worker and answer at once (`queued`, or `skipped` for a duplicate, a row no task would
+    claim, or a queue that refused: the sweeper enqueues it later). DISPATCH=inline: claim the row,
+    generate its result and write it here (`completed`, `failed`, `skipped`).
 
     200 {request_id, outcome, reason} for every event it understands (`skipped` for anything but an INSERT
     on the kind's table); 401 without the secret; 400 for a body that is not a webhook payload; 503 when
@@ -83,7 +100,6 @@ def _webhook(kind: AnyKind, request: flask.Request) -> Response:
 
     def work() -> Response:
         from planbus import bootstrap
-        from planbus.clock import SystemClock
         from planbus.services import requests
 
         settings = bootstrap.settings()
@@ -96,22 +112,22 @@ def _webhook(kind: AnyKind, request: flask.Request) -> Response:
             return _error(400, f"not a database webhook payload: {describe_errors(exc)}")
         request_id = event.request_id_on(kind.table)
         if not event.is_insert_on(kind.table) or request_id is None:
-            return requests.event_skipped(kind, event).as_json(), 200
-        outcome = requests.process_request(
-            kind,
-            bootstrap.database(),
-            bootstrap.generator(kind, settings),
-            SystemClock(),
-            request_id,
-            settings=settings,
-        )
+            return requests.skipped_event(kind, event).as_json(), 200
+        queue = bootstrap.task_queue(settings)
+        if queue is not None:
+            from planbus.services.dispatch import enqueue_request
+
+            outcome = enqueue_request(kind, bootstrap.database(), queue, request_id, settings=settings)
+        else:
+            outcome = _process(kind, request_id, settings, queue=None)
         return outcome.as_json(), 200
 
     return _serve(kind.handle_target, request, work)
 
 
 def _worker(kind: AnyKind, request: flask.Request) -> Response:
-    """POST {"request_id": "<uuid>"}: claim the request, generate its result, complete or fail it.
+    """POST {"request_id": "<uuid>"}: claim the request, generate its result, complete or fail it; with
+    Cloud Tasks, a retryable failure enqueues the next attempt at its run_after.
 
     200 {request_id, outcome, reason} for every outcome that is data (completed, failed, skipped); 401
     without the secret; 400 for another body; 5xx only for infrastructure, so a task queue retries
@@ -120,8 +136,6 @@ def _worker(kind: AnyKind, request: flask.Request) -> Response:
 
     def work() -> Response:
         from planbus import bootstrap
-        from planbus.clock import SystemClock
-        from planbus.services import requests
 
         settings = bootstrap.settings()
         refusal = _refusal(kind.process_target, request, WORKER_MAX_BODY, settings=settings)
@@ -131,17 +145,29 @@ def _worker(kind: AnyKind, request: flask.Request) -> Response:
             call = WorkerCall.model_validate_json(request.get_data(cache=False))
         except ValidationError as exc:
             return _error(400, f'body must be {{"request_id": "<uuid>"}}: {describe_errors(exc)}')
-        outcome = requests.process_request(
-            kind,
-            bootstrap.database(),
-            bootstrap.generator(kind, settings),
-            SystemClock(),
-            call.request_id,
-            settings=settings,
-        )
+        outcome = _process(kind, call.request_id, settings, queue=bootstrap.task_queue(settings))
         return outcome.as_json(), 200
 
     return _serve(kind.process_target, request, work)
+
+
+def _process(
+    kind: AnyKind, request_id: str, settings: Settings, *, queue: TaskQueue | None
+) -> RequestOutcome:
+    """Claim, generate and complete (or fail) one request here, with the kind's generator."""
+    from planbus import bootstrap
+    from planbus.clock import SystemClock
+    from planbus.services.requests import process_request
+
+    return process_request(
+        kind,
+        bootstrap.database(),
+        bootstrap.generator(kind, settings),
+        SystemClock(),
+        request_id,
+        settings=settings,
+        queue=queue,
+    )
 
 
 @functions_framework.http
@@ -188,6 +214,7 @@ def reset_stale_requests(request: flask.Request) -> Response:
             SystemClock(),
             generator_for=lambda kind: bootstrap.generator(kind, settings),
             settings=settings,
+            queue=bootstrap.task_queue(settings),
             limit=call.limit,
         )
         return counts.as_json()

@@ -4,6 +4,7 @@ reuses its database pool and its generators' HTTP connections.
     settings()                 the settings, with logging configured and secrets registered for masking
     database()                 the database port (psycopg pool, or the Supabase REST API)
     generator(kind, settings)  the generator a request kind uses (OpenAI or offline)
+    task_queue(settings)       the Cloud Tasks queue (DISPATCH=cloud-tasks), or None for inline dispatch
 
 Each is imported and built on first use only, so a target pays for nothing it does not call.
 """
@@ -19,10 +20,12 @@ from planbus.http import register_secrets
 from planbus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from planbus.dispatch import TaskQueue
     from planbus.kinds import AnyKind
 
 _lock = threading.Lock()
 _current: tuple[Settings, Database] | None = None
+_queue: tuple[Settings, TaskQueue] | None = None
 
 
 def settings() -> Settings:
@@ -50,10 +53,28 @@ def generator(kind: AnyKind, settings: Settings) -> Any:
     return kind.generator(settings)
 
 
+def task_queue(settings: Settings) -> TaskQueue | None:
+    """The process's task queue when requests are dispatched through Cloud Tasks; None when the webhook
+    processes them itself (DISPATCH=inline). The gRPC client is made by its first enqueue."""
+    global _queue
+    if settings.dispatch_mode != "cloud-tasks":
+        return None
+    from planbus.dispatch import cloud_tasks_queue
+
+    with _lock:
+        if _queue is None or _queue[0] is not settings:
+            if _queue is not None:
+                _queue[1].close()
+            _queue = (settings, cloud_tasks_queue(settings))
+        return _queue[1]
+
+
 def reset() -> None:
-    """Close and forget the adapter (tests switch databases between tests)."""
-    global _current
+    """Close and forget the adapters (tests switch databases and queues between tests)."""
+    global _current, _queue
     with _lock:
         if _current is not None:
             _current[1].close()
-        _current = None
+        if _queue is not None:
+            _queue[1].close()
+        _current = _queue = None

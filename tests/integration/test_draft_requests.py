@@ -17,7 +17,8 @@ from planbus.drafting import DraftResult
 from planbus.errors import DatabaseError
 from planbus.kinds import DRAFT, PLAN
 from planbus.models import GeneratorName
-from planbus.services.requests import RequestOutcome, process_request
+from planbus.services.outcomes import RequestOutcome
+from planbus.services.requests import process_request
 from planbus.settings import Settings
 from support.request_kinds import insert_request, ready_request
 from support.request_rows import request_row

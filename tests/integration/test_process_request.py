@@ -24,7 +24,8 @@ from planbus.errors import ConfigurationError, GenerationError
 from planbus.kinds import PLAN, AnyKind
 from planbus.llm.offline import MODEL, offline_plan
 from planbus.models import GeneratorName, LeadFacts, Plan, PlanResult
-from planbus.services.requests import RequestOutcome, process_request
+from planbus.services.outcomes import RequestOutcome
+from planbus.services.requests import process_request
 from planbus.settings import Settings
 from support.request_kinds import ready_request
 from support.request_rows import error_history, request_row

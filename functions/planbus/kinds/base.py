@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from planbus.errors import ConfigurationError
 from planbus.models import GeneratorName, TokenUsage
 
 if TYPE_CHECKING:
@@ -101,10 +102,15 @@ class RequestKind(ABC, Generic[JobT, GeneratorT, GenerationT]):
     def __repr__(self) -> str:
         return f"<request kind {self.name}>"
 
-    def worker_url(self, settings: Settings) -> str | None:
-        """The URL of this kind's worker (`process_target`), as configured."""
+    def worker_url(self, settings: Settings) -> str:
+        """The URL of this kind's worker (`process_target`); ConfigurationError when it is not set."""
         value = getattr(settings, self.worker_url_setting, None)
-        return value if isinstance(value, str) and value else None
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(
+                f"DISPATCH is cloud-tasks but {self.worker_url_setting.upper()} is not set: "
+                f"nowhere to send {self.name} tasks"
+            )
+        return value
 
     def check(self, settings: Settings) -> None:
         """Raise ConfigurationError for settings this kind cannot work with, before anything is claimed

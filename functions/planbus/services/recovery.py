@@ -6,9 +6,12 @@ One call, in this order (the quick steps first, so a long LLM call cannot starve
 2. finished requests, sent reminders, outbox and delivery rows past RETENTION_DAYS are pruned
    (planbus_prune);
 3. `pending` rows nobody is going to deliver, of every kind, oldest first: first attempts whose webhook
-   is overdue by LOST_WEBHOOK_SECONDS (pg_net sends at most once) and retries whose backoff has passed
-   (planbus_find_lost_requests). They are processed while the time budget lasts, through process_request,
-   the webhook's own use case, whose atomic claim makes a concurrent webhook or sweeper skip the row.
+   is overdue by LOST_WEBHOOK_SECONDS (pg_net sends at most once), retries whose backoff has passed and
+   the rows step 1 reset (planbus_find_lost_requests).
+   - inline (no task queue): they are processed while the time budget lasts, through process_request, the
+     webhook's own use case, whose atomic claim makes a concurrent webhook or sweeper skip the row;
+   - cloud-tasks: each attempt is enqueued for its worker instead (no LLM call inside the sweeper's
+     budget); a task the webhook or a worker already created is a duplicate the queue refuses.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any
 from planbus import logs
 from planbus.clock import Clock
 from planbus.db import Database
+from planbus.dispatch import TaskQueue, TaskRequest
 from planbus.kinds import AnyKind
+from planbus.services.dispatch import enqueue_attempt
 from planbus.services.requests import process_request
 from planbus.settings import Settings
 from planbus.state import LostRequest, RequestStates
@@ -64,11 +69,15 @@ def reset_stale_requests(
     *,
     generator_for: Callable[[AnyKind], Any],
     settings: Settings,
+    queue: TaskQueue | None = None,
     limit: int | None = None,
 ) -> RecoveryCounts:
-    """Reset expired leases, prune past retention, then process up to `limit` lost pending requests of
-    any kind, oldest first. `generator_for(kind)` is asked only for a kind that has a request to process."""
+    """Reset expired leases, prune past retention, then process (or, with a `queue`, enqueue) up to
+    `limit` lost pending requests of any kind, oldest first. `generator_for(kind)` is asked only for a kind
+    that has a request to process."""
     deadline = clock.now() + timedelta(seconds=settings.function_budget_seconds)
+    # Unset worker URLs are a configuration error before anything changes, not halfway through.
+    worker_urls = {kind.name: kind.worker_url(settings) for kind in kinds} if queue is not None else {}
     per_kind = {kind.name: Counter[str]() for kind in kinds}
     for kind in kinds:
         stale = RequestStates(db, kind.name).reset_stale(max_attempts=settings.max_attempts)
@@ -84,13 +93,16 @@ def reset_stale_requests(
             )
             break
         with logs.bind(request_id=request.id, kind=kind.name):
-            outcome = process_request(kind, db, generator_for(kind), clock, request.id, settings=settings)
-            log.info(
-                "lost request re-dispatched: %s",
-                outcome.outcome,
-                extra={"fields": {"reason": outcome.reason}},
-            )
-        outcomes[outcome.outcome] += 1
+            what: str
+            if queue is None:
+                outcome = process_request(kind, db, generator_for(kind), clock, request.id, settings=settings)
+                what, reason = outcome.outcome, outcome.reason
+            else:
+                task = TaskRequest(kind.name, request.id, request.attempt, worker_urls[kind.name])
+                handed = enqueue_attempt(RequestStates(db, kind.name), queue, task)
+                what, reason = handed.handed, handed.outcome.reason
+            log.info("lost request re-dispatched: %s", what, extra={"fields": {"reason": reason}})
+        outcomes[what] += 1
         per_kind[kind.name]["redispatched"] += 1
     counts = RecoveryCounts(
         reset=sum(c["reset"] for c in per_kind.values()),

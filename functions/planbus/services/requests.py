@@ -10,57 +10,55 @@ expires and the sweeper (`reset_stale_requests`) takes it back.
 
 The clock is read once per request: the prompt's "today", the result's `generated_at` and the base of any
 schedule the kind derives from it are the same instant.
+
+With a task queue (DISPATCH=cloud-tasks, in the worker), a retryable failure also enqueues the next
+attempt's task at the row's run_after, so the retry does not wait for the sweeper.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from planbus import logs
 from planbus.clock import Clock
 from planbus.db import Database
+from planbus.dispatch import TaskQueue
 from planbus.errors import DatabaseError, DatabaseUnavailable, GenerationError
 from planbus.kinds import AnyKind, Finished, Provenance
 from planbus.models import WebhookPayload
+from planbus.services.dispatch import enqueue_retry
+from planbus.services.outcomes import RequestOutcome
 from planbus.settings import Settings
 from planbus.state import Claimed, FailureDiscarded, NotClaimed, NotCompleted, RequestStates
 
 log = logs.get_logger("requests")
-
-Outcome = Literal["completed", "failed", "skipped", "queued"]
 
 # SQLSTATE classes worth another attempt: serialization failures and deadlocks (40), lock and statement
 # timeouts (55P03, 57014).
 TRANSIENT_SQLSTATES = ("40", "55P03", "57014")
 
 
-@dataclass(frozen=True)
-class RequestOutcome:
-    """What happened to one request on this call; the JSON answer of the webhook and worker targets."""
-
-    request_id: str | None
-    outcome: Outcome
-    reason: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "outcome": self.outcome, "reason": self.reason}
-
-
-def event_skipped(kind: AnyKind, event: WebhookPayload) -> RequestOutcome | None:
-    """`skipped` for an event this kind's webhook does not act on (anything but an INSERT on its table,
-    another kind's table included); None for one it does."""
-    if event.is_insert_on(kind.table) and event.request_id_on(kind.table) is not None:
-        return None
+def skipped_event(kind: AnyKind, event: WebhookPayload) -> RequestOutcome:
+    """The answer to an event this kind's webhook does not act on: anything but an INSERT on its table
+    that names its row (another kind's table included)."""
     reason = f"not an INSERT on public.{kind.table}: {event.type} on {event.schema_name}.{event.table}"
     return RequestOutcome(event.request_id_on(kind.table), "skipped", reason[:300])
 
 
 def process_request(
-    kind: AnyKind, db: Database, generator: Any, clock: Clock, request_id: str, *, settings: Settings
+    kind: AnyKind,
+    db: Database,
+    generator: Any,
+    clock: Clock,
+    request_id: str,
+    *,
+    settings: Settings,
+    queue: TaskQueue | None = None,
 ) -> RequestOutcome:
-    """Claim `request_id` and carry it to `completed`, or record a retryable or permanent failure.
+    """Claim `request_id` and carry it to `completed`, or record a retryable or permanent failure (and,
+    with a `queue`, enqueue the retry).
 
     Answers `skipped` when the row cannot be claimed (unknown, finished, held by a live lease, waiting for
     its retry time) or when this worker lost its claim before it could write.
@@ -75,102 +73,105 @@ def process_request(
             log.info("%s request not claimed", kind.name, extra={"fields": {"reason": claim.reason}})
             return RequestOutcome(request_id, "skipped", claim.reason)
         with logs.bind(attempt=claim.attempt, generator=generator.name):
-            return _work(kind, states, generator, clock, claim, settings=settings)
+            return _Attempt(kind, states, request_id, claim, settings, queue).run(generator, clock)
 
 
-def _work(
-    kind: AnyKind, states: RequestStates, generator: Any, clock: Clock, claim: Claimed, *, settings: Settings
-) -> RequestOutcome:
-    request_id = str(claim.request["id"])
-    now = clock.now()
-    try:
-        job = kind.prepare(claim, now=now, settings=settings)
-        started = time.monotonic()
-        generation = kind.generate(generator, job, now=now, settings=settings)
-        provenance = Provenance(
-            generator=generator.name,
-            model=generation.model,
-            usage=generation.usage,
-            latency_ms=round((time.monotonic() - started) * 1000),
-            generated_at=now,
-            attempt=claim.attempt,
-            response_id=generation.response_id,
+@dataclass(frozen=True)
+class _Attempt:
+    """One claimed attempt of one request, carried to its end."""
+
+    kind: AnyKind
+    states: RequestStates
+    request_id: str
+    claim: Claimed
+    settings: Settings
+    queue: TaskQueue | None
+
+    def run(self, generator: Any, clock: Clock) -> RequestOutcome:
+        kind, settings = self.kind, self.settings
+        now = clock.now()
+        try:
+            job = kind.prepare(self.claim, now=now, settings=settings)
+            started = time.monotonic()
+            generation = kind.generate(generator, job, now=now, settings=settings)
+            provenance = Provenance(
+                generator=generator.name,
+                model=generation.model,
+                usage=generation.usage,
+                latency_ms=round((time.monotonic() - started) * 1000),
+                generated_at=now,
+                attempt=self.claim.attempt,
+                response_id=generation.response_id,
+            )
+            finished = kind.finish(job, generation, provenance, now=now, settings=settings)
+        except GenerationError as exc:
+            log.warning("%s generation failed", kind.noun, extra={"fields": {"error": str(exc)}})
+            return self.fail(str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
+        except Exception as exc:
+            # A defect here must not leave the row to wait out its lease: record it and let the attempt
+            # budget end it.
+            log.exception("unexpected error while generating a %s", kind.noun)
+            return self.fail(
+                f"unexpected error while generating the {kind.noun}: {type(exc).__name__}: {exc}",
+                retryable=True,
+            )
+        return self.complete(finished)
+
+    def complete(self, finished: Finished) -> RequestOutcome:
+        kind = self.kind
+        try:
+            answer = self.states.complete(
+                self.request_id,
+                self.claim.attempt,
+                finished.result.model_dump(mode="json"),
+                finished.completion,
+            )
+        except DatabaseUnavailable:
+            raise
+        except DatabaseError as exc:
+            log.exception("the database refused the %s", kind.noun)
+            transient = (exc.sqlstate or "").startswith(TRANSIENT_SQLSTATES)
+            return self.fail(f"could not store the {kind.noun}: {exc}", retryable=transient)
+        if isinstance(answer, NotCompleted):
+            log.warning("%s discarded", kind.noun, extra={"fields": {"reason": answer.reason}})
+            return RequestOutcome(self.request_id, "skipped", f"result discarded: {answer.reason}")
+        result = finished.result
+        log.info(
+            "%s request completed",
+            kind.name,
+            extra={
+                "fields": {
+                    **answer.details,
+                    **finished.log_fields,
+                    "latency_ms": getattr(result, "latency_ms", None),
+                    "model": getattr(result, "model", None),
+                }
+            },
         )
-        finished = kind.finish(job, generation, provenance, now=now, settings=settings)
-    except GenerationError as exc:
-        log.warning("%s generation failed", kind.noun, extra={"fields": {"error": str(exc)}})
-        return _fail(
-            states, request_id, claim.attempt, str(exc), exc.retryable, settings, retry_after=exc.retry_after
+        return RequestOutcome(self.request_id, "completed", None)
+
+    def fail(self, message: str, *, retryable: bool, retry_after: float | None = None) -> RequestOutcome:
+        answer = self.states.fail(
+            self.request_id,
+            self.claim.attempt,
+            message,
+            retryable=retryable,
+            max_attempts=self.settings.max_attempts,
+            retry_after=retry_after,
         )
-    except Exception as exc:
-        # A defect here must not leave the row to wait out its lease: record it and let the attempt
-        # budget end it.
-        log.exception("unexpected error while generating a %s", kind.noun)
-        message = f"unexpected error while generating the {kind.noun}: {type(exc).__name__}: {exc}"
-        return _fail(states, request_id, claim.attempt, message, True, settings)
-    return _complete(kind, states, request_id, claim.attempt, finished, settings)
-
-
-def _complete(
-    kind: AnyKind,
-    states: RequestStates,
-    request_id: str,
-    attempt: int,
-    finished: Finished,
-    settings: Settings,
-) -> RequestOutcome:
-    try:
-        answer = states.complete(
-            request_id, attempt, finished.result.model_dump(mode="json"), finished.completion
-        )
-    except DatabaseUnavailable:
-        raise
-    except DatabaseError as exc:
-        log.exception("the database refused the %s", kind.noun)
-        transient = (exc.sqlstate or "").startswith(TRANSIENT_SQLSTATES)
-        message = f"could not store the {kind.noun}: {exc}"
-        return _fail(states, request_id, attempt, message, transient, settings)
-    if isinstance(answer, NotCompleted):
-        log.warning("%s discarded", kind.noun, extra={"fields": {"reason": answer.reason}})
-        return RequestOutcome(request_id, "skipped", f"result discarded: {answer.reason}")
-    result = finished.result
-    log.info(
-        "%s request completed",
-        kind.name,
-        extra={
-            "fields": {
-                **answer.details,
-                **finished.log_fields,
-                "latency_ms": getattr(result, "latency_ms", None),
-                "model": getattr(result, "model", None),
-            }
-        },
-    )
-    return RequestOutcome(request_id, "completed", None)
-
-
-def _fail(
-    states: RequestStates,
-    request_id: str,
-    attempt: int,
-    message: str,
-    retryable: bool,
-    settings: Settings,
-    *,
-    retry_after: float | None = None,
-) -> RequestOutcome:
-    answer = states.fail(
-        request_id,
-        attempt,
-        message,
-        retryable=retryable,
-        max_attempts=settings.max_attempts,
-        retry_after=retry_after,
-    )
-    if isinstance(answer, FailureDiscarded):
-        return RequestOutcome(request_id, "skipped", f"error discarded ({message}): {answer.reason}")
-    if answer.status == "pending":
-        return RequestOutcome(
-            request_id, "failed", f"{message}; retry scheduled at {answer.run_after.isoformat()}"
-        )
-    return RequestOutcome(request_id, "failed", str(answer.error))
+        if isinstance(answer, FailureDiscarded):
+            return RequestOutcome(self.request_id, "skipped", f"error discarded ({message}): {answer.reason}")
+        if answer.status == "failed":
+            return RequestOutcome(self.request_id, "failed", str(answer.error))
+        reason = f"{message}; retry scheduled at {answer.run_after.isoformat()}"
+        if self.queue is not None:
+            reason += enqueue_retry(
+                self.kind,
+                self.states,
+                self.queue,
+                self.request_id,
+                self.claim.attempt + 1,
+                answer.run_after,
+                settings=self.settings,
+            )
+        return RequestOutcome(self.request_id, "failed", reason)
