@@ -43,31 +43,35 @@ def with_emulator(local: LocalDispatch) -> TasksEmulator:
     return local.emulator
 
 
-def test_with_cloud_tasks_the_worker_of_each_served_webhook_is_served_too() -> None:
-    assert dispatch("cloud-tasks").targets == (*FUNCTIONS, "process_plan_request")
-    both = (*FUNCTIONS, "handle_draft_request")
-    assert dispatch("cloud-tasks", both).targets == (*both, "process_plan_request", "process_draft_request")
+def test_with_cloud_tasks_every_kinds_worker_is_served_too() -> None:
+    # The sweeper enqueues for every kind, even one whose webhook this stack does not serve.
+    assert dispatch("cloud-tasks").targets == (*FUNCTIONS, "process_plan_request", "process_draft_request")
 
 
 def test_a_worker_already_listed_is_served_once() -> None:
     listed = (*FUNCTIONS, "process_plan_request")
-    assert dispatch("cloud-tasks", listed).targets == listed
+    assert dispatch("cloud-tasks", listed).targets == (*listed, "process_draft_request")
 
 
 def test_inline_serves_no_worker() -> None:
     assert dispatch("inline", (*FUNCTIONS, "process_plan_request")).targets == FUNCTIONS
 
 
-def test_a_stack_without_webhooks_needs_no_emulator() -> None:
-    local = dispatch("cloud-tasks", ("send_due_reminders",))
+def test_a_stack_without_functions_needs_no_emulator() -> None:
+    local = dispatch("cloud-tasks", ())
     local.start(Settings(lease_seconds=3, openai_timeout=1, draft_openai_timeout=1))
-    assert (local.targets, local.emulator) == (("send_due_reminders",), None)
+    assert (local.targets, local.emulator) == ((), None)
 
 
 def test_inline_servers_are_told_inline_whatever_the_shell_says() -> None:
     env = dispatch("inline").environment(SHELL, {})
     assert env["DISPATCH"] == "inline"
-    for name in ("CLOUD_TASKS_QUEUE", "CLOUD_TASKS_EMULATOR_HOST", "CLOUD_TASKS_SERVICE_ACCOUNT"):
+    for name in (
+        "CLOUD_TASKS_QUEUE",
+        "CLOUD_TASKS_EMULATOR_HOST",
+        "CLOUD_TASKS_SERVICE_ACCOUNT",
+        "PLAN_WORKER_URL",
+    ):
         assert name not in env
     assert env["PATH"] == "/usr/bin"
 
@@ -75,12 +79,19 @@ def test_inline_servers_are_told_inline_whatever_the_shell_says() -> None:
 def test_cloud_tasks_servers_use_the_local_emulator_and_workers_never_a_real_queue() -> None:
     local = dispatch("cloud-tasks")
     emulator = with_emulator(local)
-    urls = {"handle_plan_request": "http://127.0.0.1:4001", "process_plan_request": "http://127.0.0.1:4002"}
+    urls = {
+        "handle_plan_request": "http://127.0.0.1:4001",
+        "process_plan_request": "http://127.0.0.1:4002",
+        "process_draft_request": "http://127.0.0.1:4003",
+    }
     env = local.environment(SHELL, urls)
     assert env["DISPATCH"] == "cloud-tasks"
     assert env["CLOUD_TASKS_QUEUE"] == LOCAL_QUEUE
     assert env["CLOUD_TASKS_EMULATOR_HOST"] == emulator.host
-    assert env["PLAN_WORKER_URL"] == "http://127.0.0.1:4002"
+    assert (env["PLAN_WORKER_URL"], env["DRAFT_WORKER_URL"]) == (
+        "http://127.0.0.1:4002",
+        "http://127.0.0.1:4003",
+    )
     assert "CLOUD_TASKS_SERVICE_ACCOUNT" not in env
     # The servers' settings are valid and point at the emulator.
     settings = Settings(**{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields})

@@ -143,8 +143,9 @@ class Worker:
 
 
 class LocalDispatch:
-    """How the local stack dispatches: `cloud-tasks` (the emulator, and the worker of every webhook it
-    serves as a server of its own) or `inline` (the webhooks do the work, as before the queue existed)."""
+    """How the local stack dispatches: `cloud-tasks` (the emulator, and every kind's worker as a server of
+    its own: the sweeper enqueues for every kind, whichever webhooks run) or `inline` (the webhooks do the
+    work, as before the queue existed)."""
 
     def __init__(
         self,
@@ -160,13 +161,14 @@ class LocalDispatch:
         self.host = host
         self.emulator: TasksEmulator | None = None
         worker_targets = {worker.target for worker in workers}
+        self._replaced = {*_DISPATCH_VARIABLES, *(worker.url_setting for worker in workers)}
         served = [name for name in functions if name not in worker_targets]
-        self.workers = [w for w in workers if w.webhook in served] if mode == "cloud-tasks" else []
+        self.workers = list(workers) if mode == "cloud-tasks" and served else []
         self.targets: tuple[str, ...] = (*served, *(worker.target for worker in self.workers))
 
     def start(self, settings: Settings) -> None:
         """Check that the functions' settings allow Cloud Tasks, then start the emulator; nothing to do
-        inline or when the stack serves no webhook."""
+        inline or when the stack serves no function."""
         if not self.workers:
             return
         try:
@@ -184,7 +186,7 @@ class LocalDispatch:
     def environment(self, base: Mapping[str, str], urls: Mapping[str, str]) -> dict[str, str]:
         """`base` with the dispatch settings of this stack: the emulator's queue and each worker's URL, or
         DISPATCH=inline; whatever the developer's shell says about Cloud Tasks is replaced."""
-        env = {k: v for k, v in base.items() if k.upper() not in _DISPATCH_VARIABLES}
+        env = {k: v for k, v in base.items() if k.upper() not in self._replaced}
         if self.emulator is None:
             return {**env, "DISPATCH": "inline"}
         env.update(self.emulator.environment())
