@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from planbus.kinds import KINDS
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("openai", "supabase", "postgrest", "httpx2")
 
@@ -29,6 +31,42 @@ def test_the_function_module_imports_without_openai_or_supabase() -> None:
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert "planbus" in loaded and "functions_framework" in loaded
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+
+
+# Nothing heavy is loaded by importing the entry points, which every target's cold start does: the LLM
+# clients, JWT, Telegram's httpx, Cloud Tasks' gRPC and the database drivers come with the code path
+# that uses them.
+TARGET_HEAVY = (*HEAVY, "httpx", "jwt", "cryptography", "grpc", "psycopg", "psycopg_pool")
+TARGETS = (
+    *(name for kind in KINDS for name in (kind.handle_target, kind.process_target)),
+    "send_due_reminders",
+    "reset_stale_requests",
+    "telegram_auth",
+)
+
+TARGET_PROBE = """
+import json, sys
+sys.path.insert(0, "functions")
+import main
+assert all(callable(getattr(main, target)) for target in sys.argv[1:])
+loaded = {name.split(".")[0] for name in sys.modules}
+loaded |= {name for name in sys.modules if name.startswith("google.cloud.tasks")}
+print(json.dumps(sorted(loaded)))
+"""
+
+
+def test_every_target_imports_without_a_heavy_library() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TARGET_PROBE, *TARGETS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert loaded.isdisjoint(TARGET_HEAVY), sorted(loaded & set(TARGET_HEAVY))
+    assert not any(name.startswith("google.cloud.tasks") for name in loaded)
 
 
 def test_choosing_the_offline_generator_does_not_import_openai() -> None:
