@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from support.devstack_helpers import memory_console
 from planbus.devstack.stack import Stack, StackOptions, safe_url
 from planbus.settings import Settings, get_settings
+from support.devstack_helpers import memory_console
 
 NO_SERVERS = StackOptions(functions=())
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.devstack_helpers import group_alive, memory_console, wait_until
 from planbus.devstack.stack import server_command
 from planbus.devstack.supervisor import ManagedProcess, free_port, http_ready
 from planbus.errors import ConfigurationError
+from support.devstack_helpers import group_alive, memory_console, wait_until
 
 SOURCE = """
 import os

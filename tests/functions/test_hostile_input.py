@@ -21,8 +21,8 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from support.mini_app import BOT_TOKEN, JWT_SECRET, client, init_data
 from planbus.initdata import sign_init_data
+from support.mini_app import BOT_TOKEN, JWT_SECRET, client, init_data
 from support.rls import snapshot
 
 Sql = psycopg.Connection[dict[str, Any]]

@@ -9,8 +9,8 @@ import flask.testing
 import pytest
 import respx
 
-from support import mini_app
 from planbus.db.postgres import PostgresDatabase
+from support import mini_app
 from support.reminder_rows import BASE, SEND_URL, TOKEN, Sql, add_plan, ok, refusal, reminder, sent_messages
 
 SECRET = "scheduler-secret"

@@ -11,7 +11,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from support.devstack_helpers import memory_console
 from planbus.devstack.embedded_data import (
     DataDirLock,
     mark_initialised,
@@ -20,6 +19,7 @@ from planbus.devstack.embedded_data import (
 )
 from planbus.embedded import EmbeddedPostgres
 from planbus.errors import ConfigurationError
+from support.devstack_helpers import memory_console
 
 
 def test_a_second_stack_on_the_same_folder_is_refused_until_the_first_lets_go(tmp_path: Path) -> None:

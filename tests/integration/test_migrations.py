@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from support.concurrency import run_together
 from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
 from planbus.migrate import ADVISORY_LOCK_KEY, default_migrations_dir, load_migrations, migrate
+from support.concurrency import run_together
 
 
 def test_migrations_apply_to_an_empty_database_in_order(fresh_database: Callable[..., str]) -> None:

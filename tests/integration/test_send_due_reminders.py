@@ -14,13 +14,13 @@ import httpx
 import pytest
 import respx
 
-from support.concurrency import run_together
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import ConfigurationError
 from planbus.services.reminders import reminder_message, send_due_reminders
 from planbus.settings import Settings
 from planbus.telegram import OutboxSender, RateLimiter, TelegramSender
+from support.concurrency import run_together
 from support.reminder_rows import (
     BASE,
     SEND_URL,

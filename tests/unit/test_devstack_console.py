@@ -7,11 +7,11 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from support.devstack_helpers import memory_console
 from planbus.devstack.console import Console, parse_log_line, render_log_line
 from planbus.devstack.render import plan_table, progress_line, reminder_table, table, timeline
 from planbus.llm.offline import OfflineGenerator
 from planbus.models import LeadFacts, PlanResult
+from support.devstack_helpers import memory_console
 
 
 def log_line(**fields: Any) -> str:

@@ -10,13 +10,13 @@ from typing import Any
 import httpx2
 import pytest
 
-from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
 from planbus.errors import ConfigurationError, GenerationError
 from planbus.llm import make_generator
 from planbus.llm.offline import OfflineGenerator
 from planbus.llm.openai_generator import OpenAIGenerator
 from planbus.models import LeadFacts, Plan
 from planbus.settings import Settings
+from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
 
 LEAD = LeadFacts(
     id=uuid.uuid4(),

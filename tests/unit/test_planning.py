@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support.openai_fakes import VALID_PLAN
 from planbus.errors import ConfigurationError
 from planbus.llm.offline import MODEL, OfflineGenerator, offline_plan
 from planbus.models import LeadFacts, Plan
@@ -23,6 +22,7 @@ from planbus.planning import (
     reminder_zone,
     schedule_reminders,
 )
+from support.openai_fakes import VALID_PLAN
 
 LEAD = LeadFacts(
     id=uuid.UUID("00000000-0000-4000-8000-000000000001"),
