@@ -2,14 +2,16 @@
 
     .venv/bin/python tests/bench/bench_cloud_tasks.py [--webhooks 200] [--llm-seconds 10]
                                                       [--clients 1,4,8,16] [--threads 4]
+                                                      [--webhook-concurrency 8]
 
 Runs on DATABASE_URL's server when set (in a scratch database it drops), else on an embedded PostgreSQL.
 
 1. Worker concurrency: N clients POST {"request_id"} to one process_plan_request server (functions-framework
    with THREADS=--threads, as one Cloud Run instance) at once; wall time against N x llm-seconds.
 2. Webhooks: --webhooks Supabase INSERT payloads through handle_plan_request (DISPATCH=cloud-tasks, the
-   emulator's queue), 8 at a time as pg_net sends them; the server time of each is the time inside the
-   WSGI app (functions-framework's test client, no sockets), the first call of the process included.
+   emulator's queue), --webhook-concurrency (8) at a time as pg_net sends them; the server time of each
+   is the time inside the WSGI app (functions-framework's test client, no sockets), the first call of the
+   process included.
 3. Drain: the emulator dispatches the tasks to the worker one at a time (its only mode), so the drain takes
    about webhooks x llm-seconds and says nothing of Cloud Tasks' concurrency, which is the queue's
    max_concurrent_dispatches times the instances' concurrency (part 1). Then exactly once: LLM calls,
@@ -44,7 +46,6 @@ from support.fake_llm import SlowLLM  # noqa: E402
 
 MAIN = ROOT / "functions" / "main.py"
 SECRET = "bench-cloud-tasks-secret-0123456789"
-WEBHOOK_CONCURRENCY = 8
 
 
 def settings_environment(database_url: str, llm: SlowLLM, llm_seconds: float) -> dict[str, str]:
@@ -117,8 +118,8 @@ def worker_concurrency(url: str, worker_url: str, clients: list[int], llm_second
             print(f"   {count:>7} {wall:>7.1f}s {count * llm_seconds / wall:>11.1f}  {tally}")
 
 
-def webhooks(url: str, count: int) -> list[str]:
-    print(f"\n2. webhooks: {count} INSERT payloads, {WEBHOOK_CONCURRENCY} at a time, DISPATCH=cloud-tasks")
+def webhooks(url: str, count: int, concurrency: int) -> list[str]:
+    print(f"\n2. webhooks: {count} INSERT payloads, {concurrency} at a time, DISPATCH=cloud-tasks")
     ids = pending_requests(url, count, 20_000_000)
     get_settings.cache_clear()
     client = functions_framework.create_app("handle_plan_request", str(MAIN)).test_client()  # type: ignore[no-untyped-call]
@@ -132,7 +133,7 @@ def webhooks(url: str, count: int) -> list[str]:
         return elapsed, f"{response.status_code} {(response.get_json() or {}).get('outcome')}"
 
     first = deliver(ids[0])
-    with ThreadPoolExecutor(max_workers=WEBHOOK_CONCURRENCY) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
         rest = list(pool.map(deliver, ids[1:]))
     times = [first[0], *(t for t, _ in rest)]
     outcomes = [first[1], *(o for _, o in rest)]
@@ -192,6 +193,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--webhooks", type=int, default=200, help="0: part 1 only")
     parser.add_argument("--llm-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--webhook-concurrency", type=int, default=8, help="webhooks in flight at once (pg_net sends batches)"
+    )
     parser.add_argument("--clients", default="1,4,8,16", help="comma-separated client counts for part 1")
     parser.add_argument(
         "--threads", type=int, default=4, help="THREADS of the worker server (its concurrency)"
@@ -235,7 +239,7 @@ def main() -> int:
             )
             if args.webhooks:
                 calls_before = llm.calls
-                ids = webhooks(url, args.webhooks)
+                ids = webhooks(url, args.webhooks, args.webhook_concurrency)
                 drain(url, ids, llm, args.llm_seconds, calls_before)
         finally:
             worker.stop()
