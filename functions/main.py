@@ -1,32 +1,39 @@
 """Cloud Run functions entry points: one function per deployed target, each thin.
 
 Each validates its input, calls one use case, and maps the outcome to the contract's JSON answer
-(contract section 5). No SQL and no LLM calls here; heavy libraries are imported where they are used.
+(contract section 5). No SQL and no LLM calls here. Every request kind has the same two targets, one line
+each over shared code: its webhook (`handle_<kind>_request`) and its worker (`process_<kind>_request`).
 Infrastructure failures are mapped in one place (`_serve`): an unconfigured function or an unreachable
 database is 503, a statement the database refused is 500; everything else is an answer of the use case.
+
+Cold starts are paid per target: only flask, functions_framework, pydantic and light planbus modules are
+imported here; settings, the database adapters, the generators, Telegram and JWT are imported by the code
+path that uses them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 import functions_framework
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from planbus import bootstrap, http, llm, logs, telegram
-from planbus.clock import SystemClock
+from planbus import logs
 from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
-from planbus.http import Response
-from planbus.initdata import InvalidInitData
-from planbus.models import WebhookPayload, describe_errors
-from planbus.services import recovery, reminders
-from planbus.services.auth import TelegramAuthRequest, sign_in_with_telegram
-from planbus.services.plan_requests import process_plan_request
-from planbus.settings import Settings
+from planbus.kinds import DRAFT, KINDS, PLAN, AnyKind
+from planbus.models import UUID_PATTERN, WebhookPayload, describe_errors
 
-PLAN_REQUEST_MAX_BODY = 256 * 1024
+if TYPE_CHECKING:
+    from planbus.dispatch import TaskQueue
+    from planbus.services.outcomes import RequestOutcome
+    from planbus.settings import Settings
+
+Response = tuple[dict[str, Any], int]
+
+WEBHOOK_MAX_BODY = 256 * 1024
+WORKER_MAX_BODY = 4 * 1024
 SCHEDULED_MAX_BODY = 4 * 1024
 TELEGRAM_AUTH_MAX_BODY = 64 * 1024
 
@@ -42,34 +49,34 @@ TELEGRAM_AUTH_CORS = {
 
 @functions_framework.http
 def handle_plan_request(request: flask.Request) -> Response:
-    """Database webhook on plan_requests: claim the inserted row, generate its plan, write it.
+    """Database webhook on plan_requests (see `_webhook`)."""
+    return _webhook(PLAN, request)
 
-    200 {request_id, outcome, reason} for every event it understands (`skipped` for anything but an INSERT
-    on public.plan_requests); 401 without the secret; 400 for a body that is not a webhook payload; 503
-    when the database is unreachable or the function is not configured.
-    """
 
-    def work() -> Response:
-        settings = bootstrap.settings()
-        refusal = _refusal("handle_plan_request", request, PLAN_REQUEST_MAX_BODY, settings=settings)
-        if refusal:
-            return refusal
-        try:
-            event = WebhookPayload.model_validate_json(request.get_data(cache=False))
-        except ValidationError as exc:
-            return http.error(400, f"not a database webhook payload: {describe_errors(exc)}")
-        request_id = event.request_id
-        if not event.is_plan_request_insert or request_id is None:
-            reason = (
-                f"not an INSERT on public.plan_requests: {event.type} on {event.schema_name}.{event.table}"
-            )
-            return {"request_id": request_id, "outcome": "skipped", "reason": reason[:300]}, 200
-        outcome = process_plan_request(
-            bootstrap.database(), llm.generator_for(settings), SystemClock(), request_id, settings=settings
-        )
-        return outcome.as_json(), 200
+@functions_framework.http
+def process_plan_request(request: flask.Request) -> Response:
+    """Worker for one plan request (see `_worker`)."""
+    return _worker(PLAN, request)
 
-    return _serve("handle_plan_request", request, work)
+
+@functions_framework.http
+def handle_draft_request(request: flask.Request) -> Response:
+    """Database webhook on draft_requests (see `_webhook`)."""
+    return _webhook(DRAFT, request)
+
+
+@functions_framework.http
+def process_draft_request(request: flask.Request) -> Response:
+    """Worker for one draft request (see `_worker`)."""
+    return _worker(DRAFT, request)
+
+
+class WorkerCall(BaseModel):
+    """The body a worker takes (from Cloud Tasks): the request to process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(pattern=UUID_PATTERN)
 
 
 class ScheduledCall(BaseModel):
@@ -78,6 +85,89 @@ class ScheduledCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int | None = Field(default=None, ge=1, le=10_000)
+
+
+def _webhook(kind: AnyKind, request: flask.Request) -> Response:
+    """A database webhook on the kind's table. DISPATCH=cloud-tasks: enqueue the inserted row's attempt for
+    the kind's worker and answer at once (`queued`, or `skipped` for a duplicate, a row no task would
+    claim, or a queue that refused: the sweeper enqueues it later). DISPATCH=inline: claim the row,
+    generate its result and write it here (`completed`, `failed`, `skipped`).
+
+    200 {request_id, outcome, reason} for every event it understands (`skipped` for anything but an INSERT
+    on the kind's table); 401 without the secret; 400 for a body that is not a webhook payload; 503 when
+    the database is unreachable or the function is not configured.
+    """
+
+    def work() -> Response:
+        from planbus import bootstrap
+        from planbus.services import requests
+
+        settings = bootstrap.settings()
+        refusal = _refusal(kind.handle_target, request, WEBHOOK_MAX_BODY, settings=settings)
+        if refusal:
+            return refusal
+        try:
+            event = WebhookPayload.for_table(request.get_data(cache=False), kind.table)
+        except ValidationError as exc:
+            return _error(400, f"not a database webhook payload: {describe_errors(exc)}")
+        request_id = event.request_id_on(kind.table)
+        if not event.is_insert_on(kind.table) or request_id is None:
+            return requests.skipped_event(kind, event).as_json(), 200
+        queue = bootstrap.task_queue(settings)
+        if queue is not None:
+            from planbus.services.dispatch import enqueue_request
+
+            outcome = enqueue_request(kind, bootstrap.database(), queue, request_id, settings=settings)
+        else:
+            outcome = _process(kind, request_id, settings, queue=None)
+        return outcome.as_json(), 200
+
+    return _serve(kind.handle_target, request, work)
+
+
+def _worker(kind: AnyKind, request: flask.Request) -> Response:
+    """POST {"request_id": "<uuid>"}: claim the request, generate its result, complete or fail it; with
+    Cloud Tasks, a retryable failure enqueues the next attempt at its run_after.
+
+    200 {request_id, outcome, reason} for every outcome that is data (completed, failed, skipped); 401
+    without the secret; 400 for another body; 5xx only for infrastructure, so a task queue retries
+    exactly those.
+    """
+
+    def work() -> Response:
+        from planbus import bootstrap
+
+        settings = bootstrap.settings()
+        refusal = _refusal(kind.process_target, request, WORKER_MAX_BODY, settings=settings)
+        if refusal:
+            return refusal
+        try:
+            call = WorkerCall.model_validate_json(request.get_data(cache=False))
+        except ValidationError as exc:
+            return _error(400, f'body must be {{"request_id": "<uuid>"}}: {describe_errors(exc)}')
+        outcome = _process(kind, call.request_id, settings, queue=bootstrap.task_queue(settings))
+        return outcome.as_json(), 200
+
+    return _serve(kind.process_target, request, work)
+
+
+def _process(
+    kind: AnyKind, request_id: str, settings: Settings, *, queue: TaskQueue | None
+) -> RequestOutcome:
+    """Claim, generate and complete (or fail) one request here, with the kind's generator."""
+    from planbus import bootstrap
+    from planbus.clock import SystemClock
+    from planbus.services.requests import process_request
+
+    return process_request(
+        kind,
+        bootstrap.database(),
+        bootstrap.generator(kind, settings),
+        SystemClock(),
+        request_id,
+        settings=settings,
+        queue=queue,
+    )
 
 
 @functions_framework.http
@@ -89,6 +179,10 @@ def send_due_reminders(request: flask.Request) -> Response:
     """
 
     def run(settings: Settings, call: ScheduledCall) -> dict[str, Any]:
+        from planbus import bootstrap, telegram
+        from planbus.clock import SystemClock
+        from planbus.services import reminders
+
         sender = telegram.make_sender(settings)
         try:
             counts = reminders.send_due_reminders(
@@ -103,17 +197,24 @@ def send_due_reminders(request: flask.Request) -> Response:
 
 @functions_framework.http
 def reset_stale_requests(request: flask.Request) -> Response:
-    """Scheduled: reset expired leases, prune past retention, process requests whose webhook was lost.
+    """Scheduled, over every request kind: reset expired leases, prune past retention, process requests
+    whose webhook was lost.
 
-    200 {reset, failed, redispatched, outcomes, pruned}; otherwise as send_due_reminders.
+    200 {reset, failed, redispatched, outcomes, pruned, kinds}; otherwise as send_due_reminders.
     """
 
     def run(settings: Settings, call: ScheduledCall) -> dict[str, Any]:
+        from planbus import bootstrap
+        from planbus.clock import SystemClock
+        from planbus.services import recovery
+
         counts = recovery.reset_stale_requests(
+            KINDS,
             bootstrap.database(),
-            llm.generator_for(settings),
             SystemClock(),
+            generator_for=lambda kind: bootstrap.generator(kind, settings),
             settings=settings,
+            queue=bootstrap.task_queue(settings),
             limit=call.limit,
         )
         return counts.as_json()
@@ -131,6 +232,11 @@ def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, di
         return "", 204, TELEGRAM_AUTH_CORS
 
     def work() -> Response:
+        from planbus import bootstrap
+        from planbus.clock import SystemClock
+        from planbus.initdata import InvalidInitData
+        from planbus.services.auth import TelegramAuthRequest, sign_in_with_telegram
+
         refusal = _refusal("telegram_auth", request, TELEGRAM_AUTH_MAX_BODY, settings=None)
         if refusal:
             return refusal
@@ -141,10 +247,10 @@ def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, di
                 bootstrap.database(), SystemClock(), body.init_data, settings=settings
             )
         except ValidationError:
-            return http.error(400, 'body must be {"init_data": "<Telegram WebApp initData>"}')
+            return _error(400, 'body must be {"init_data": "<Telegram WebApp initData>"}')
         except InvalidInitData as exc:
             logs.get_logger("telegram_auth").warning("sign-in refused: %s", exc)
-            return http.error(401, f"invalid initData: {exc}")
+            return _error(401, f"invalid initData: {exc}")
         with logs.bind(telegram_id=token.telegram_id):
             logs.get_logger("telegram_auth").info(
                 "signed in", extra={"fields": {"user_id": token.user_id, "new_user": token.created}}
@@ -161,6 +267,8 @@ def _scheduled(
     """What both scheduled functions share: the secret, POST, and the optional {"limit": n} body."""
 
     def work() -> Response:
+        from planbus import bootstrap
+
         settings = bootstrap.settings()
         refusal = _refusal(name, request, SCHEDULED_MAX_BODY, settings=settings)
         if refusal:
@@ -169,9 +277,7 @@ def _scheduled(
         try:
             call = ScheduledCall.model_validate_json(raw) if raw.strip() else ScheduledCall()
         except ValidationError as exc:
-            return http.error(
-                400, f'body must be empty or {{"limit": n}} (1 to 10000): {describe_errors(exc)}'
-            )
+            return _error(400, f'body must be empty or {{"limit": n}} (1 to 10000): {describe_errors(exc)}')
         return run(settings, call), 200
 
     return _serve(name, request, work)
@@ -182,27 +288,35 @@ def _refusal(
 ) -> Response | None:
     """401 without the shared secret (when `settings` are given to check it), 405 unless POST, 400 when
     the body is too large; None when the request may go on."""
+    from planbus import http
+
     if settings is not None and not http.is_authorized(request, settings):
-        return http.error(401, "missing or wrong webhook secret")
+        return _error(401, "missing or wrong webhook secret")
     if request.method != "POST":
-        return http.error(405, f"{name} takes POST")
+        return _error(405, f"{name} takes POST")
     if (request.content_length or 0) > max_body:
-        return http.error(400, f"body is larger than {max_body} bytes")
+        return _error(400, f"body is larger than {max_body} bytes")
     return None
+
+
+def _error(status: int, message: str) -> Response:
+    return {"error": message}, status
 
 
 def _serve(name: str, request: flask.Request, work: Callable[[], Response]) -> Response:
     """Run an entry point's work with the request's log context, mapping infrastructure failures."""
+    from planbus import http
+
     log = logs.get_logger(name)
     with logs.bind(**http.log_fields(request)):
         try:
             return work()
         except ConfigurationError as exc:
             log.error("%s is not configured: %s", name, exc)
-            return http.error(503, str(exc))
+            return _error(503, str(exc))
         except DatabaseUnavailable as exc:
             log.error("database unavailable: %s", exc)
-            return http.error(503, "database unavailable")
+            return _error(503, "database unavailable")
         except DatabaseError as exc:
             log.error("database refused %s (SQLSTATE %s): %s", name, exc.sqlstate, exc)
-            return http.error(500, "database error")
+            return _error(500, "database error")

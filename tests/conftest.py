@@ -19,9 +19,11 @@ from psycopg.rows import dict_row
 from planbus import bootstrap
 from planbus.db.postgres import PostgresDatabase
 from planbus.embedded import EmbeddedPostgres
+from planbus.kinds import KINDS, AnyKind
 from planbus.migrate import migrate
 from planbus.settings import Settings, get_settings
 from support.mini_app import BOT_TOKEN, JWT_SECRET, client
+from support.request_kinds import insert_request
 
 # Read once, before the autouse fixture below clears the environment for every test.
 SERVER_URL_FROM_ENV = os.environ.get("DATABASE_URL")
@@ -165,6 +167,21 @@ def make_request(sql: psycopg.Connection[dict[str, Any]]) -> Callable[..., dict[
     return make
 
 
+@pytest.fixture(params=KINDS, ids=lambda kind: kind.name)
+def kind(request: pytest.FixtureRequest) -> AnyKind:
+    """Each registered request kind in turn: a test that takes it runs once per kind."""
+    chosen: AnyKind = request.param
+    return chosen
+
+
+@pytest.fixture
+def make_kind_request(
+    sql: psycopg.Connection[dict[str, Any]], kind: AnyKind
+) -> Callable[..., dict[str, Any]]:
+    """Insert a pending request of the test's kind for a lead (as the owner would); returns the row."""
+    return lambda lead, **fields: insert_request(sql, kind, lead, **fields)
+
+
 @pytest.fixture
 def make_plan(
     db: PostgresDatabase,
@@ -180,7 +197,11 @@ def make_plan(
     ) -> list[str]:
         request = make_request(make_lead(telegram_id=telegram_id, company="Analytical Engines"))
         claim = db.call(
-            "planbus_claim_request", p_request_id=str(request["id"]), p_lease_seconds=60, p_max_attempts=3
+            "planbus_claim_request",
+            p_kind="plan",
+            p_request_id=str(request["id"]),
+            p_lease_seconds=60,
+            p_max_attempts=3,
         )
         due = datetime.now(UTC) + timedelta(days=days)
         reminders = [
@@ -189,11 +210,11 @@ def make_plan(
         ]
         db.call(
             "planbus_complete_request",
+            p_kind="plan",
             p_request_id=str(request["id"]),
             p_attempt=claim["attempt"],
             p_result={"plan": {}},
-            p_plan={},
-            p_reminders=reminders,
+            p_completion={"plan": {}, "reminders": reminders},
         )
         rows = sql.execute(
             "SELECT id FROM reminders WHERE plan_request_id = %s ORDER BY step_index", [request["id"]]

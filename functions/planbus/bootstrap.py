@@ -1,16 +1,31 @@
-"""Wires real adapters from settings, once per process: a warm function instance reuses its pool."""
+"""The one wiring point: builds the adapters from settings, once per process, so a warm function instance
+reuses its database pool and its generators' HTTP connections.
+
+    settings()                 the settings, with logging configured and secrets registered for masking
+    database()                 the database port (psycopg pool, or the Supabase REST API)
+    generator(kind, settings)  the generator a request kind uses (OpenAI or offline)
+    task_queue(settings)       the Cloud Tasks queue (DISPATCH=cloud-tasks), or None for inline dispatch
+
+Each is imported and built on first use only, so a target pays for nothing it does not call.
+"""
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Any
 
 from planbus import logs
 from planbus.db import Database, connect
 from planbus.http import register_secrets
 from planbus.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from planbus.dispatch import TaskQueue
+    from planbus.kinds import AnyKind
+
 _lock = threading.Lock()
 _current: tuple[Settings, Database] | None = None
+_queue: tuple[Settings, TaskQueue] | None = None
 
 
 def settings() -> Settings:
@@ -33,10 +48,33 @@ def database() -> Database:
         return _current[1]
 
 
+def generator(kind: AnyKind, settings: Settings) -> Any:
+    """The process's generator for `kind` (each kind keeps its own warm for the same settings)."""
+    return kind.generator(settings)
+
+
+def task_queue(settings: Settings) -> TaskQueue | None:
+    """The process's task queue when requests are dispatched through Cloud Tasks; None when the webhook
+    processes them itself (DISPATCH=inline). The gRPC client is made by its first enqueue."""
+    global _queue
+    if settings.dispatch_mode != "cloud-tasks":
+        return None
+    from planbus.dispatch import cloud_tasks_queue
+
+    with _lock:
+        if _queue is None or _queue[0] is not settings:
+            if _queue is not None:
+                _queue[1].close()
+            _queue = (settings, cloud_tasks_queue(settings))
+        return _queue[1]
+
+
 def reset() -> None:
-    """Close and forget the adapter (tests switch databases between tests)."""
-    global _current
+    """Close and forget the adapters (tests switch databases and queues between tests)."""
+    global _current, _queue
     with _lock:
         if _current is not None:
             _current[1].close()
-        _current = None
+        if _queue is not None:
+            _queue[1].close()
+        _current = _queue = None

@@ -8,7 +8,8 @@ The tree, and what an HTTP entry point answers for each:
     - DatabaseUnavailable: the database could not be reached or dropped the connection (503)
     - UniqueViolation: 23505, e.g. a second active request for one lead
     - LimitExceeded: PT429, a user's daily plan-request limit
-  - GenerationError: the LLM gave no valid plan; `retryable` for timeouts, 429 and 5xx (written to the row)
+  - GenerationError: the LLM gave no valid answer; `retryable` for timeouts, 429 and 5xx, with the server's
+    `retry_after` when it gave one (written to the row)
   - DeliveryError: Telegram did not take a message; `permanent` or `retry_after` (written to the reminder)
 """
 
@@ -44,11 +45,13 @@ class LimitExceeded(DatabaseError):
 
 
 class GenerationError(PlanbusError):
-    """The plan generator failed; `retryable` says whether another attempt may succeed."""
+    """The generator failed; `retryable` says whether another attempt may succeed, `retry_after` how many
+    seconds the server asked to wait before it (a 429's Retry-After), when it said."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class DeliveryError(PlanbusError):

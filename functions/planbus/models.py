@@ -1,5 +1,6 @@
-"""The data planbus exchanges: the database webhook payload, the lead's facts, the engagement plan, and the
-result stored on a completed plan request (its JSON Schema is committed under schemas/).
+"""The data planbus exchanges: the database webhook payload (of any request kind's table), the lead's
+facts, the engagement plan, and the result stored on a completed plan request (its JSON Schema is
+committed under schemas/).
 
 Bounds are part of the model so that a plan from any generator is checked the same way before it is
 written: a plan that a salesperson can act on has a few ordered steps over weeks, not months, each short
@@ -14,7 +15,15 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MIN_STEPS = 2
 MAX_STEPS = 10
@@ -27,8 +36,9 @@ MAX_GOAL = 300
 Channel = Literal["telegram", "email", "linkedin", "call", "meeting", "whatsapp", "sms"]
 GeneratorName = Literal["openai", "offline"]
 
-PLAN_REQUESTS_TABLE = ("public", "plan_requests")
-_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# A UUID as PostgreSQL writes it (8-4-4-4-12 hex digits).
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID_TEXT = re.compile(UUID_PATTERN)
 
 
 def _text(max_length: int, description: str) -> Any:
@@ -128,8 +138,9 @@ class LeadFacts(BaseModel):
 class WebhookPayload(BaseModel):
     """A Supabase-style database webhook: `{type, table, schema, record, old_record}`.
 
-    Unknown keys are ignored (platforms add their own). An INSERT on public.plan_requests must carry the
-    new row's `id` as a UUID; other events are accepted and answered as skipped.
+    Unknown keys are ignored (platforms add their own). Which table matters is the reader's to say: parsed
+    with `for_table(raw, table)`, an INSERT on public.<table> must carry the new row's `id` as a UUID;
+    other events are accepted, and the webhook answers them as skipped.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -140,25 +151,29 @@ class WebhookPayload(BaseModel):
     record: dict[str, Any] | None
     old_record: dict[str, Any] | None = None
 
+    @classmethod
+    def for_table(cls, raw: str | bytes, table: str) -> WebhookPayload:
+        """Parse a webhook body sent to the webhook of public.<table> (ValidationError when it is none)."""
+        return cls.model_validate_json(raw, context={"table": table})
+
     @model_validator(mode="after")
-    def _insert_names_its_row(self) -> WebhookPayload:
-        if self.is_plan_request_insert:
+    def _insert_names_its_row(self, info: ValidationInfo) -> WebhookPayload:
+        table = (info.context or {}).get("table")
+        if isinstance(table, str) and self.is_insert_on(table):
             identifier = (self.record or {}).get("id")
             if not isinstance(identifier, str):
-                raise ValueError("an INSERT on public.plan_requests must carry record.id")
+                raise ValueError(f"an INSERT on public.{table} must carry record.id")
             if not _is_uuid(identifier):
                 raise ValueError(f"record.id is not a UUID: {identifier[:64]!r}")
         return self
 
-    @property
-    def is_plan_request_insert(self) -> bool:
-        """Whether this event is the one planbus acts on."""
-        return self.type == "INSERT" and (self.schema_name, self.table) == PLAN_REQUESTS_TABLE
+    def is_insert_on(self, table: str) -> bool:
+        """Whether this event is an INSERT on public.<table>."""
+        return self.type == "INSERT" and (self.schema_name, self.table) == ("public", table)
 
-    @property
-    def request_id(self) -> str | None:
-        """The plan request the event is about, when it is on public.plan_requests and names one by UUID."""
-        if (self.schema_name, self.table) != PLAN_REQUESTS_TABLE:
+    def request_id_on(self, table: str) -> str | None:
+        """The row the event is about, when it is on public.<table> and names one by UUID."""
+        if (self.schema_name, self.table) != ("public", table):
             return None
         for row in (self.record, self.old_record):
             identifier = (row or {}).get("id")

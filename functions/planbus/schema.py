@@ -2,6 +2,7 @@
 
     schemas/plan_result.schema.json   plan_requests.result of a completed request (PlanResult)
     schemas/plan.schema.json          leads.plan, the lead's current plan (Plan)
+    schemas/draft_result.schema.json  draft_requests.result of a completed request (DraftResult)
 
 Regenerate after changing planbus.models with `python -m planbus.schema`; `python -m planbus.schema
 --check` exits 1 when a committed file is stale (the test suite runs the same check).
@@ -17,12 +18,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from planbus.drafting import DraftResult
 from planbus.models import Plan, PlanResult
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "plan_result.schema.json": PlanResult,
     "plan.schema.json": Plan,
+    "draft_result.schema.json": DraftResult,
 }
 
 

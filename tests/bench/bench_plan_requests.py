@@ -6,7 +6,8 @@ Runs on DATABASE_URL's server when set (it creates and drops its own database th
 PostgreSQL. Each row processes N distinct pending requests:
 
     bare SQL             claim + complete with a precomputed result, one psycopg connection: the floor
-    use case             process_plan_request directly (offline plan, reminders, pydantic, two calls)
+    use case             process_request for the plan kind directly (offline plan, reminders, pydantic,
+                         two calls)
     webhook              a POST through the functions-framework test client: auth, parsing, the use case
 """
 
@@ -32,9 +33,10 @@ from scratch import scratch_database, server
 from planbus import logs
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
+from planbus.kinds import PLAN
 from planbus.llm.offline import OfflineGenerator
 from planbus.models import LeadFacts
-from planbus.services.plan_requests import process_plan_request
+from planbus.services.requests import process_request
 from planbus.settings import Settings, get_settings
 
 MAIN = str(Path(__file__).resolve().parents[2] / "functions" / "main.py")
@@ -80,14 +82,20 @@ def bare_sql(url: str, settings: Settings) -> Callable[[str], None]:
 
     def run(request_id: str) -> None:
         claim = conn.execute(
-            "SELECT planbus_claim_request(p_request_id => %s, p_lease_seconds => %s, p_max_attempts => %s)",
+            "SELECT planbus_claim_request(p_kind => 'plan', p_request_id => %s, p_lease_seconds => %s,"
+            " p_max_attempts => %s)",
             (request_id, settings.lease_seconds, settings.max_attempts),
         ).fetchone()
         assert claim is not None and claim[0]["claimed"]
         done = conn.execute(
-            "SELECT planbus_complete_request(p_request_id => %s, p_attempt => %s, p_result => %s,"
-            " p_plan => %s, p_reminders => %s)",
-            (request_id, claim[0]["attempt"], Jsonb(result), Jsonb(result["plan"]), Jsonb(reminders)),
+            "SELECT planbus_complete_request(p_kind => 'plan', p_request_id => %s, p_attempt => %s,"
+            " p_result => %s, p_completion => %s)",
+            (
+                request_id,
+                claim[0]["attempt"],
+                Jsonb(result),
+                Jsonb({"plan": result["plan"], "reminders": reminders}),
+            ),
         ).fetchone()
         assert done is not None and done[0]["completed"]
 
@@ -99,7 +107,7 @@ def use_case(url: str, settings: Settings) -> Callable[[str], None]:
     generator = OfflineGenerator()
 
     def run(request_id: str) -> None:
-        outcome = process_plan_request(db, generator, SystemClock(), request_id, settings=settings)
+        outcome = process_request(PLAN, db, generator, SystemClock(), request_id, settings=settings)
         assert outcome.outcome == "completed", outcome
 
     return run

@@ -29,11 +29,14 @@ pytestmark = pytest.mark.e2e
 SQL = psycopg.Connection[dict[str, Any]]
 USER = MiniAppUser(uuid.UUID("5f0c7a52-94a4-4f57-9a0e-3d1b2c4e6a10"), 555001)
 # Short leases and a short lost-webhook grace so recovery happens within seconds (LEASE_SECONDS must
-# exceed OPENAI_TIMEOUT, which the offline generator never uses).
+# exceed OPENAI_TIMEOUT and DRAFT_OPENAI_TIMEOUT, which the offline generators never use). These run the
+# relay-only path (--dispatch inline): with Cloud Tasks the lease must also outlive the dispatch deadline,
+# the LLM timeout plus 30 s (test_cloud_tasks_flow.py covers that path).
 STACK_SETTINGS = {
     "PLAN_GENERATOR": "offline",
     "LEASE_SECONDS": "3",
     "OPENAI_TIMEOUT": "1",
+    "DRAFT_OPENAI_TIMEOUT": "1",
     "LOST_WEBHOOK_SECONDS": "2",
     "MAX_ATTEMPTS": "3",
     "WEBHOOK_SECRET": "e2e-webhook-secret",
@@ -53,7 +56,7 @@ def stack_database(database_url: str, sql: SQL) -> str:
 @pytest.fixture
 def dev(stack_database: str, tmp_path: Path) -> Iterator[DevStack]:
     env = {**os.environ, **STACK_SETTINGS, "DATABASE_URL": stack_database}
-    stack = DevStack(tmp_path, env, "--reminders-every", "0.5", "--sweep-every", "1")
+    stack = DevStack(tmp_path, env, "--reminders-every", "0.5", "--sweep-every", "1", "--dispatch", "inline")
     try:
         stack.wait_ready()
         yield stack
@@ -168,14 +171,14 @@ def test_a_request_whose_worker_was_killed_mid_processing_is_recovered_by_the_sw
     )
     assert done["attempts"] == 2
     errors = sql.execute(
-        "SELECT message FROM planbus_private.plan_request_errors WHERE request_id = %s", (request_id,)
+        "SELECT message FROM planbus_private.request_errors WHERE request_id = %s", (request_id,)
     ).fetchall()
     assert errors == [{"message": "lease expired during attempt 1"}]
 
 
 def test_ctrl_c_stops_every_process_of_the_stack(stack_database: str, tmp_path: Path) -> None:
     env = {**os.environ, **STACK_SETTINGS, "DATABASE_URL": stack_database}
-    stack = DevStack(tmp_path, env)
+    stack = DevStack(tmp_path, env, "--dispatch", "inline")
     state = stack.wait_ready()
     servers = [f["pid"] for f in state["functions"].values()]
     assert len(servers) == 4 and all(group_alive(pid) for pid in servers)
@@ -204,5 +207,8 @@ def test_the_demo_runs_the_whole_flow_and_exits_0(fresh_database: Any, template_
     assert re.search(r"completed at \d+\.\d+ s", out)
     assert "step  when    channel" in out and "Telegram → chat 7000000001" in out
     assert out.rstrip().endswith("demo complete: every process stopped")
-    servers = [int(pid) for pid in re.findall(r"functions-framework, pid (\d+)", out)]
-    assert len(servers) == 4 and not [pid for pid in servers if group_alive(pid)]
+    servers = dict(re.findall(r"(\w+)\s+http://127\.0\.0\.1:\d+  \(functions-framework, pid (\d+)\)", out))
+    assert {"handle_plan_request", "process_plan_request", "reset_stale_requests"} <= set(servers)
+    [emulator] = re.findall(r"\(gcloud-tasks-emulator, pid (\d+);", out)
+    pids = [int(pid) for pid in (*servers.values(), emulator)]
+    assert not [pid for pid in pids if group_alive(pid)]

@@ -45,7 +45,7 @@ def relay_to() -> Iterator[Callable[..., WebhookRelay]]:
 
     def start(database_url: str, url: str, **options: Any) -> WebhookRelay:
         console, _ = memory_console()
-        relay = WebhookRelay(database_url, url, SECRET, console=console, **options)
+        relay = WebhookRelay(database_url, {"plan_requests": url}, SECRET, console=console, **options)
         relay.start()
         started.append(relay)
         return relay
@@ -147,15 +147,21 @@ def test_a_request_inserted_while_the_relay_was_disconnected_is_still_delivered(
 
 def outbox_delivery(db: PostgresDatabase, lead: Row, request: Row, text: str) -> str:
     """A reminder of `request` delivered to the outbox through the state machine; returns its id."""
-    claim = db.call("planbus_claim_request", p_request_id=request["id"], p_lease_seconds=60, p_max_attempts=3)
+    claim = db.call(
+        "planbus_claim_request",
+        p_kind="plan",
+        p_request_id=request["id"],
+        p_lease_seconds=60,
+        p_max_attempts=3,
+    )
     due = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     db.call(
         "planbus_complete_request",
+        p_kind="plan",
         p_request_id=request["id"],
         p_attempt=claim["attempt"],
         p_result={"plan": {}},
-        p_plan={},
-        p_reminders=[{"step_index": 0, "due_at": due, "text": text}],
+        p_completion={"plan": {}, "reminders": [{"step_index": 0, "due_at": due, "text": text}]},
     )
     (claimed,) = db.call("planbus_claim_due_reminders", p_limit=1, p_lease_seconds=60)
     db.call(

@@ -12,15 +12,17 @@ from typing import Any
 import flask.testing
 import psycopg
 import pytest
+from psycopg import sql as q
 from psycopg.types.json import Jsonb
 
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
-from planbus.llm import make_generator
-from planbus.services.recovery import reset_stale_requests
+from planbus.kinds import KINDS, PLAN, AnyKind
+from planbus.services.recovery import RecoveryCounts, reset_stale_requests
 from planbus.settings import Settings
 from support import mini_app
 from support.concurrency import run_together
+from support.request_kinds import ready_request
 from support.request_rows import error_history, request_row
 
 SECRET = "scheduler-secret"
@@ -44,55 +46,75 @@ def call(body: Any = None, headers: dict[str, str] | None = None) -> Any:
     return client().post("/", json=body, headers={"X-Webhook-Secret": SECRET} if headers is None else headers)
 
 
-def claimed(sql: Sql, db: PostgresDatabase, request: Row, *, attempts: int, lease_in: float) -> Row:
+def claimed(
+    sql: Sql, db: PostgresDatabase, kind: AnyKind, request: Row, *, attempts: int, lease_in: float
+) -> Row:
     """A worker's claim (the real transition), then arranged: its attempt number and when its lease ends."""
-    claim = db.call("planbus_claim_request", p_request_id=request["id"], p_lease_seconds=60, p_max_attempts=9)
+    claim = db.call(
+        "planbus_claim_request",
+        p_kind=kind.name,
+        p_request_id=request["id"],
+        p_lease_seconds=60,
+        p_max_attempts=9,
+    )
     assert claim["claimed"]
     row = sql.execute(
-        """UPDATE plan_requests SET attempts = %s, lease_expires_at = now() + make_interval(secs => %s)
-            WHERE id = %s RETURNING *""",
+        q.SQL(
+            "UPDATE {} SET attempts = %s, lease_expires_at = now() + make_interval(secs => %s)"
+            " WHERE id = %s RETURNING *"
+        ).format(q.Identifier(kind.table)),
         (attempts, lease_in, request["id"]),
     ).fetchone()
     assert row is not None
     return row
 
 
-def webhook_overdue(sql: Sql, request: Row, seconds: float) -> None:
+def sweep_with(db: PostgresDatabase, settings: Settings) -> RecoveryCounts:
+    """The sweeper's use case over every kind, with the kinds' offline generators."""
+    return reset_stale_requests(
+        KINDS, db, SystemClock(), generator_for=lambda kind: kind.generator(settings), settings=settings
+    )
+
+
+def webhook_overdue(sql: Sql, kind: AnyKind, request: Row, seconds: float) -> None:
     sql.execute(
-        "UPDATE plan_requests SET run_after = now() - make_interval(secs => %s), "
-        "created_at = now() - make_interval(secs => %s) WHERE id = %s",
+        q.SQL(
+            "UPDATE {} SET run_after = now() - make_interval(secs => %s),"
+            " created_at = now() - make_interval(secs => %s) WHERE id = %s"
+        ).format(q.Identifier(kind.table)),
         (seconds, seconds, request["id"]),
     )
 
 
 @pytest.fixture
 def stale_request(
-    db: PostgresDatabase, sql: Sql, make_lead: Callable[..., Row], make_request: Callable[..., Row]
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, make_lead: Callable[..., Row]
 ) -> Callable[..., Row]:
-    """Makes a new lead's request that a worker claimed for its `attempts`-th time and whose lease ran out."""
+    """Makes a new lead's request of the test's kind that a worker claimed for its `attempts`-th time and
+    whose lease ran out."""
 
     def make(*, attempts: int = 1, **lead: Any) -> Row:
-        return claimed(sql, db, make_request(make_lead(**lead)), attempts=attempts, lease_in=-1)
+        request = ready_request(sql, db, kind, make_lead(**lead))
+        return claimed(sql, db, kind, request, attempts=attempts, lease_in=-1)
 
     return make
 
 
 @pytest.fixture
-def lost_request(
-    sql: Sql, make_lead: Callable[..., Row], make_request: Callable[..., Row]
-) -> Callable[..., Row]:
-    """Makes a new lead's pending request whose webhook is `overdue` seconds late; returns it as stored."""
+def lost_request(db: PostgresDatabase, sql: Sql, make_lead: Callable[..., Row]) -> Callable[..., Row]:
+    """Makes a new lead's pending request of `kind` whose webhook is `overdue` seconds late; returns it as
+    stored."""
 
-    def make(*, overdue: float = 120, **lead: Any) -> Row:
-        request = make_request(make_lead(**lead))
-        webhook_overdue(sql, request, overdue)
-        return request_row(sql, request["id"])
+    def make(kind: AnyKind, *, overdue: float = 120, **lead: Any) -> Row:
+        request = ready_request(sql, db, kind, make_lead(**lead))
+        webhook_overdue(sql, kind, request, overdue)
+        return request_row(sql, request["id"], kind.table)
 
     return make
 
 
 def test_an_expired_lease_is_reset_and_the_request_then_processed(
-    app_env: None, sql: Sql, stale_request: Callable[..., Row]
+    app_env: None, sql: Sql, kind: AnyKind, stale_request: Callable[..., Row]
 ) -> None:
     request = stale_request(attempts=1)
 
@@ -102,52 +124,58 @@ def test_an_expired_lease_is_reset_and_the_request_then_processed(
     answer = response.get_json()
     assert (answer["reset"], answer["failed"], answer["redispatched"]) == (1, 0, 1)
     assert answer["outcomes"] == {"completed": 1}
-    row = request_row(sql, request["id"])
+    assert answer["kinds"][kind.name] == {"reset": 1, "failed": 0, "redispatched": 1}
+    row = request_row(sql, request["id"], kind.table)
     assert (row["status"], row["attempts"]) == ("completed", 2)
     assert error_history(sql, request["id"]) == [(1, "lease expired during attempt 1")]
 
 
 def test_a_stale_request_out_of_attempts_fails_with_a_clear_error(
-    app_env: None, sql: Sql, stale_request: Callable[..., Row]
+    app_env: None, sql: Sql, kind: AnyKind, stale_request: Callable[..., Row]
 ) -> None:
     request = stale_request(attempts=3)
 
     answer = call().get_json()
 
     assert (answer["reset"], answer["failed"], answer["redispatched"]) == (0, 1, 0)
-    row = request_row(sql, request["id"])
+    row = request_row(sql, request["id"], kind.table)
     assert (row["status"], row["lease_expires_at"]) == ("failed", None)
     assert row["error"] == "gave up after 3 attempts: the lease expired before the worker finished"
 
 
 def test_rows_still_within_their_lease_and_fresh_pending_rows_are_untouched(
-    app_env: None,
-    db: PostgresDatabase,
-    sql: Sql,
-    make_lead: Callable[..., Row],
-    make_request: Callable[..., Row],
+    app_env: None, db: PostgresDatabase, sql: Sql, kind: AnyKind, make_lead: Callable[..., Row]
 ) -> None:
-    held = claimed(sql, db, make_request(make_lead(full_name="Held")), attempts=1, lease_in=120)
-    fresh = make_request(make_lead(full_name="Fresh"))
+    held_request = ready_request(sql, db, kind, make_lead(full_name="Held"))
+    held = claimed(sql, db, kind, held_request, attempts=1, lease_in=120)
+    fresh = ready_request(sql, db, kind, make_lead(full_name="Fresh"))
 
     answer = call().get_json()
 
     assert (answer["reset"], answer["failed"], answer["redispatched"]) == (0, 0, 0)
-    assert request_row(sql, held["id"]) == held
-    assert request_row(sql, fresh["id"]) == fresh
+    assert request_row(sql, held["id"], kind.table) == held
+    assert request_row(sql, fresh["id"], kind.table) == fresh
 
 
 def test_a_request_whose_webhook_was_lost_is_processed_by_the_sweeper(
-    app_env: None, sql: Sql, lost_request: Callable[..., Row]
+    app_env: None, sql: Sql, kind: AnyKind, lost_request: Callable[..., Row]
 ) -> None:
-    request = lost_request(overdue=120, full_name="Ada Lovelace", company="Analytical Engines")
+    request = lost_request(kind, overdue=120, full_name="Ada Lovelace", company="Analytical Engines")
 
     answer = call().get_json()
 
     assert (answer["redispatched"], answer["outcomes"]) == (1, {"completed": 1})
-    row = request_row(sql, request["id"])
+    row = request_row(sql, request["id"], kind.table)
     assert (row["status"], row["attempts"]) == ("completed", 1)
     assert row["result"]["generator"] == "offline"
+
+
+def test_a_lost_plan_request_gets_its_lead_update_and_reminders(
+    app_env: None, sql: Sql, lost_request: Callable[..., Row]
+) -> None:
+    request = lost_request(PLAN, overdue=120, full_name="Ada Lovelace", company="Analytical Engines")
+
+    assert call().get_json()["outcomes"] == {"completed": 1}
     assert sql.execute(
         "SELECT plan_request_id, status FROM leads WHERE id = %s", (request["lead_id"],)
     ).fetchone() == {
@@ -160,27 +188,30 @@ def test_a_request_whose_webhook_was_lost_is_processed_by_the_sweeper(
     assert reminders.fetchone()["n"] > 0  # type: ignore[index]
 
 
-def test_lost_requests_are_taken_oldest_first_up_to_the_limit(
+def test_lost_requests_of_every_kind_are_taken_oldest_first_up_to_the_limit(
     app_env: None, sql: Sql, lost_request: Callable[..., Row]
 ) -> None:
-    older = lost_request(overdue=600, full_name="Older")
-    newer = lost_request(overdue=300, full_name="Newer")
+    # The oldest of each kind in turn, older kinds last: the order is by age, not by kind.
+    lost = [
+        (kind, lost_request(kind, overdue=900 - 100 * n, telegram_id=10 + n, full_name=f"Lead {n}"))
+        for n, kind in enumerate(reversed(KINDS * 2))
+    ]
 
-    answer = call({"limit": 1}).get_json()
+    answer = call({"limit": len(KINDS)}).get_json()
 
-    assert answer["redispatched"] == 1
-    assert request_row(sql, older["id"])["status"] == "completed"
-    assert request_row(sql, newer["id"])["status"] == "pending"
+    assert answer["redispatched"] == len(KINDS)
+    statuses = [request_row(sql, request["id"], kind.table)["status"] for kind, request in lost]
+    assert statuses == ["completed"] * len(KINDS) + ["pending"] * len(KINDS)
 
 
 def test_concurrent_sweepers_process_each_lost_request_once(
-    database_url: str, sql: Sql, lost_request: Callable[..., Row]
+    database_url: str, sql: Sql, kind: AnyKind, lost_request: Callable[..., Row]
 ) -> None:
-    requests = [lost_request(overdue=120, telegram_id=100 + i, full_name=f"Lead {i}") for i in range(6)]
+    requests = [lost_request(kind, overdue=120, telegram_id=100 + i, full_name=f"Lead {i}") for i in range(6)]
     settings = Settings(plan_generator="offline")
 
     def sweep(db: PostgresDatabase) -> dict[str, int]:
-        return reset_stale_requests(db, make_generator(settings), SystemClock(), settings=settings).outcomes
+        return sweep_with(db, settings).outcomes
 
     sweepers = [PostgresDatabase(database_url) for _ in range(3)]
     try:
@@ -191,22 +222,22 @@ def test_concurrent_sweepers_process_each_lost_request_once(
 
     assert sum(o.get("completed", 0) for o in outcomes) == 6
     for request in requests:
-        row = request_row(sql, request["id"])
+        row = request_row(sql, request["id"], kind.table)
         assert (row["status"], row["attempts"]) == ("completed", 1)
     per_request = sql.execute("SELECT plan_request_id, count(*) AS n FROM reminders GROUP BY plan_request_id")
     assert len({r["n"] for r in per_request.fetchall()}) == 1
 
 
 def test_nothing_is_taken_on_once_the_time_budget_is_spent(
-    db: PostgresDatabase, sql: Sql, lost_request: Callable[..., Row]
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, lost_request: Callable[..., Row]
 ) -> None:
-    request = lost_request(overdue=120)
+    request = lost_request(kind, overdue=120)
     settings = Settings(plan_generator="offline", function_budget_seconds=1e-9)
 
-    counts = reset_stale_requests(db, make_generator(settings), SystemClock(), settings=settings)
+    counts = sweep_with(db, settings)
 
     assert counts.redispatched == 0
-    assert request_row(sql, request["id"])["status"] == "pending"
+    assert request_row(sql, request["id"], kind.table)["status"] == "pending"
 
 
 def test_pruning_removes_only_what_is_past_retention(
@@ -254,7 +285,7 @@ def test_pruning_removes_only_what_is_past_retention(
 
     answer = call().get_json()
 
-    assert answer["pruned"] == {"requests": 1, "reminders": 2, "outbox": 1}
+    assert answer["pruned"] == {"requests": 1, "reminders": 2, "outbox": 1, "deliveries": 0}
     remaining_requests = {r["id"] for r in sql.execute("SELECT id FROM plan_requests").fetchall()}
     assert remaining_requests == {recent["id"], kept_by_reminder["id"]}
     remaining_reminders = {r["id"] for r in sql.execute("SELECT id FROM reminders").fetchall()}
@@ -272,26 +303,27 @@ def test_pruning_removes_only_what_is_past_retention(
 def test_a_missing_or_wrong_secret_is_401_and_nothing_changes(
     app_env: None,
     sql: Sql,
+    kind: AnyKind,
     stale_request: Callable[..., Row],
     lost_request: Callable[..., Row],
     headers: dict[str, str],
 ) -> None:
     stale = stale_request(attempts=1, full_name="Stale")
-    lost = lost_request(overdue=120, full_name="Lost")
+    lost = lost_request(kind, overdue=120, full_name="Lost")
 
     response = call(headers=headers)
 
     assert response.status_code == 401
-    assert request_row(sql, stale["id"]) == stale
-    assert request_row(sql, lost["id"]) == lost
+    assert request_row(sql, stale["id"], kind.table) == stale
+    assert request_row(sql, lost["id"], kind.table) == lost
 
 
 @pytest.mark.parametrize("body", ['{"limit": 0}', '{"limit": 20000}', '{"max": 1}', "{"])
 def test_a_bad_body_is_400_and_nothing_changes(
-    app_env: None, sql: Sql, stale_request: Callable[..., Row], body: str
+    app_env: None, sql: Sql, kind: AnyKind, stale_request: Callable[..., Row], body: str
 ) -> None:
     stale = stale_request(attempts=1)
     response = client().post("/", data=body, headers={"Authorization": f"Bearer {SECRET}"})
     assert response.status_code == 400
     assert "limit" in response.get_json()["error"]
-    assert request_row(sql, stale["id"]) == stale
+    assert request_row(sql, stale["id"], kind.table) == stale

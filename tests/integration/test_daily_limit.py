@@ -1,4 +1,7 @@
-"""The per-user daily limit on plan requests, enforced by the database when the Mini App inserts."""
+"""The per-user daily limit on each kind of request, enforced by the database when the Mini App inserts.
+
+Every test that takes `kind` runs once per registered kind; each kind has its own limit and its own count.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,37 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql as q
 from psycopg.rows import dict_row
 
 from planbus.cli import main as planbus
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError, LimitExceeded, database_error
+from planbus.kinds import KINDS, PLAN, AnyKind
+from support.request_kinds import INSERT_DEFAULTS
 from support.rls import Caller, act_as, claims, run_as
 
 Sql = psycopg.Connection[dict[str, Any]]
 ADA, BOB = 1001, 1002
-NEW_REQUEST = (
-    "INSERT INTO plan_requests (lead_id, telegram_id) VALUES (%(lead)s, %(telegram_id)s) RETURNING id"
-)
+DEFAULT_LIMITS = {"plan": 20, "draft": 50}
+
+
+def new_request(kind: AnyKind) -> q.Composed:
+    """The Mini App's insert of a request of `kind` for %(lead)s by %(telegram_id)s."""
+    columns = {
+        "lead_id": "lead",
+        "telegram_id": "telegram_id",
+        **{name: name for name in INSERT_DEFAULTS[kind.name]},
+    }
+    return q.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
+        q.Identifier(kind.table),
+        q.SQL(", ").join(map(q.Identifier, columns)),
+        q.SQL(", ").join(map(q.Placeholder, columns.values())),
+    )
+
+
+def params(kind: AnyKind, telegram_id: int, lead: dict[str, Any]) -> dict[str, Any]:
+    return {"lead": lead["id"], "telegram_id": telegram_id, **INSERT_DEFAULTS[kind.name]}
 
 
 def mini_app(telegram_id: int) -> Caller:
@@ -31,8 +53,14 @@ def mini_app(telegram_id: int) -> Caller:
     )
 
 
-def request_as(sql: Sql, telegram_id: int, lead: dict[str, Any]) -> Any:
-    return run_as(sql, mini_app(telegram_id), NEW_REQUEST, {"lead": lead["id"], "telegram_id": telegram_id})
+def request_as(sql: Sql, telegram_id: int, lead: dict[str, Any], kind: AnyKind = PLAN) -> Any:
+    return run_as(sql, mini_app(telegram_id), new_request(kind), params(kind, telegram_id, lead))
+
+
+def count(sql: Sql, kind: AnyKind) -> int:
+    row = sql.execute(q.SQL("SELECT count(*) AS n FROM {}").format(q.Identifier(kind.table))).fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
 @pytest.fixture
@@ -41,29 +69,61 @@ def leads(make_lead: Callable[..., dict[str, Any]]) -> Callable[[int, int], list
     return lambda telegram_id, n: [make_lead(telegram_id, f"Lead {i}") for i in range(n)]
 
 
-def set_limit(db: PostgresDatabase, limit: int | None) -> dict[str, Any]:
-    answer: dict[str, Any] = db.call("planbus_set_daily_plan_request_limit", p_limit=limit)
+def set_limit(db: PostgresDatabase, limit: int | None, kind: AnyKind = PLAN) -> dict[str, Any]:
+    answer: dict[str, Any] = db.call("planbus_set_daily_request_limit", p_kind=kind.name, p_limit=limit)
     return answer
 
 
-def test_the_default_limit_is_stored_and_in_force(db: PostgresDatabase) -> None:
+def limit_of(db: PostgresDatabase, kind: AnyKind, telegram_id: int | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = db.call(
+        "planbus_daily_request_limit", p_kind=kind.name, p_telegram_id=telegram_id
+    )
+    return answer
+
+
+def test_each_kinds_default_limit_is_stored_and_in_force(db: PostgresDatabase, kind: AnyKind) -> None:
+    default = DEFAULT_LIMITS[kind.name]
+    assert limit_of(db, kind) == {"limit": default, "unlimited": False, "stored": str(default)}
+
+
+def test_the_plan_limit_reads_as_it_always_has(db: PostgresDatabase) -> None:
     assert db.call("planbus_daily_plan_request_limit") == {"limit": 20, "unlimited": False, "stored": "20"}
+    assert db.call("planbus_set_daily_plan_request_limit", p_limit=4)["limit"] == 4
+    assert limit_of(db, PLAN)["limit"] == 4
 
 
 def test_the_request_past_the_limit_is_refused_and_the_days_earlier_requests_stand(
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, leads: Callable[[int, int], list[dict[str, Any]]]
+) -> None:
+    set_limit(db, 3, kind)
+    mine = leads(ADA, 4)
+    accepted = [request_as(sql, ADA, lead, kind) for lead in mine[:3]]
+    assert [a.refused for a in accepted] == [False, False, False]
+    refused = request_as(sql, ADA, mine[3], kind)
+    assert refused.sqlstate == "PT429"
+    assert refused.message == f"daily {kind.name} request limit reached: 3 per user per day"
+    rows = sql.execute(
+        q.SQL("SELECT id, status FROM {} ORDER BY created_at").format(q.Identifier(kind.table))
+    )
+    stored = rows.fetchall()
+    assert [r["id"] for r in stored] == [a.rows[0]["id"] for a in accepted]
+    assert {r["status"] for r in stored} == {"pending"}
+    assert limit_of(db, kind, ADA)["used_today"] == 3
+
+
+def test_each_kind_is_counted_and_limited_on_its_own(
     db: PostgresDatabase, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
 ) -> None:
-    set_limit(db, 3)
-    mine = leads(ADA, 4)
-    accepted = [request_as(sql, ADA, lead) for lead in mine[:3]]
-    assert [a.refused for a in accepted] == [False, False, False]
-    refused = request_as(sql, ADA, mine[3])
-    assert refused.sqlstate == "PT429"
-    assert refused.message == "daily plan request limit reached: 3 per user per day"
-    rows = sql.execute("SELECT id, status FROM plan_requests ORDER BY created_at").fetchall()
-    assert [r["id"] for r in rows] == [a.rows[0]["id"] for a in accepted]
-    assert {r["status"] for r in rows} == {"pending"}
-    assert db.call("planbus_daily_plan_request_limit", p_telegram_id=ADA)["used_today"] == 3
+    mine = leads(ADA, 2)
+    for kind in KINDS:
+        set_limit(db, 1, kind)
+    for kind in KINDS:
+        assert not request_as(sql, ADA, mine[0], kind).refused
+    for kind in KINDS:
+        assert request_as(sql, ADA, mine[1], kind).sqlstate == "PT429"
+        assert limit_of(db, kind, ADA)["used_today"] == 1
+    set_limit(db, 0, KINDS[0])
+    assert all(limit_of(db, kind)["limit"] == 1 for kind in KINDS[1:])
 
 
 def test_the_refusal_maps_to_limit_exceeded() -> None:
@@ -73,93 +133,100 @@ def test_the_refusal_maps_to_limit_exceeded() -> None:
 
 
 def test_one_users_limit_does_not_touch_another_user(
-    db: PostgresDatabase, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, leads: Callable[[int, int], list[dict[str, Any]]]
 ) -> None:
-    set_limit(db, 1)
+    set_limit(db, 1, kind)
     ada_leads, bob_leads = leads(ADA, 2), leads(BOB, 1)
-    assert not request_as(sql, ADA, ada_leads[0]).refused
-    assert request_as(sql, ADA, ada_leads[1]).sqlstate == "PT429"
-    assert not request_as(sql, BOB, bob_leads[0]).refused
+    assert not request_as(sql, ADA, ada_leads[0], kind).refused
+    assert request_as(sql, ADA, ada_leads[1], kind).sqlstate == "PT429"
+    assert not request_as(sql, BOB, bob_leads[0], kind).refused
 
 
 def test_a_request_refused_for_another_reason_does_not_use_up_the_limit(
-    db: PostgresDatabase, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, leads: Callable[[int, int], list[dict[str, Any]]]
 ) -> None:
-    set_limit(db, 1)
+    set_limit(db, 1, kind)
     lead = leads(ADA, 1)[0]
     someone_elses = leads(BOB, 1)[0]
-    assert request_as(sql, ADA, someone_elses).sqlstate == "42501"
-    assert not request_as(sql, ADA, lead).refused
-    assert request_as(sql, ADA, lead).sqlstate == "PT429"
+    assert request_as(sql, ADA, someone_elses, kind).sqlstate == "42501"
+    assert not request_as(sql, ADA, lead, kind).refused
+    assert request_as(sql, ADA, lead, kind).sqlstate == "PT429"
 
 
 def test_a_new_utc_day_starts_a_new_count(
-    db: PostgresDatabase, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, leads: Callable[[int, int], list[dict[str, Any]]]
 ) -> None:
-    set_limit(db, 1)
+    set_limit(db, 1, kind)
     first, second = leads(ADA, 2)
-    assert not request_as(sql, ADA, first).refused
+    assert not request_as(sql, ADA, first, kind).refused
     # Yesterday's count, as it would stand at midnight UTC.
     sql.execute(
-        "UPDATE planbus_private.daily_plan_request_counts SET day = day - 1 WHERE telegram_id = %s", [ADA]
+        "UPDATE planbus_private.daily_request_counts SET day = day - 1 WHERE kind = %s AND telegram_id = %s",
+        [kind.name, ADA],
     )
-    assert not request_as(sql, ADA, second).refused
-    assert db.call("planbus_daily_plan_request_limit", p_telegram_id=ADA)["used_today"] == 1
+    assert not request_as(sql, ADA, second, kind).refused
+    assert limit_of(db, kind, ADA)["used_today"] == 1
 
 
 def test_zero_pauses_requests_and_unlimited_lifts_the_limit(
-    db: PostgresDatabase, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, leads: Callable[[int, int], list[dict[str, Any]]]
 ) -> None:
     mine = leads(ADA, 3)
-    assert set_limit(db, 0) == {"limit": 0, "unlimited": False, "stored": "0"}
-    assert request_as(sql, ADA, mine[0]).sqlstate == "PT429"
-    assert set_limit(db, None) == {"limit": None, "unlimited": True, "stored": "unlimited"}
-    assert [request_as(sql, ADA, lead).refused for lead in mine] == [False, False, False]
+    assert set_limit(db, 0, kind) == {"limit": 0, "unlimited": False, "stored": "0"}
+    assert request_as(sql, ADA, mine[0], kind).sqlstate == "PT429"
+    assert set_limit(db, None, kind) == {"limit": None, "unlimited": True, "stored": "unlimited"}
+    assert [request_as(sql, ADA, lead, kind).refused for lead in mine] == [False, False, False]
 
 
 def test_a_lowered_limit_applies_to_the_next_insert(
-    db: PostgresDatabase, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, leads: Callable[[int, int], list[dict[str, Any]]]
 ) -> None:
     mine = leads(ADA, 3)
-    assert not request_as(sql, ADA, mine[0]).refused
-    assert not request_as(sql, ADA, mine[1]).refused
-    set_limit(db, 2)
-    assert request_as(sql, ADA, mine[2]).sqlstate == "PT429"
+    assert not request_as(sql, ADA, mine[0], kind).refused
+    assert not request_as(sql, ADA, mine[1], kind).refused
+    set_limit(db, 2, kind)
+    assert request_as(sql, ADA, mine[2], kind).sqlstate == "PT429"
 
 
 @pytest.mark.parametrize("stored", ["lots", "-1", "", "1e3", "99999999999"])
 def test_a_malformed_stored_limit_falls_back_to_the_default(
-    db: PostgresDatabase, sql: Sql, stored: str
+    db: PostgresDatabase, kind: AnyKind, stored: str
 ) -> None:
-    db.call("planbus_store_setting", p_name="daily_plan_request_limit", p_value=stored)
-    assert db.call("planbus_daily_plan_request_limit")["limit"] == 20
+    db.call("planbus_store_setting", p_name=f"daily_{kind.name}_request_limit", p_value=stored)
+    assert limit_of(db, kind)["limit"] == DEFAULT_LIMITS[kind.name]
 
 
-def test_a_negative_limit_is_refused(db: PostgresDatabase) -> None:
+def test_a_negative_limit_or_an_unknown_kind_is_refused(db: PostgresDatabase, kind: AnyKind) -> None:
     with pytest.raises(DatabaseError, match="a daily limit is a count of requests") as refused:
-        set_limit(db, -1)
+        set_limit(db, -1, kind)
     assert refused.value.sqlstate == "22023"
-    assert db.call("planbus_daily_plan_request_limit")["limit"] == 20
+    with pytest.raises(DatabaseError, match="unknown request kind: invoice"):
+        db.call("planbus_set_daily_request_limit", p_kind="invoice", p_limit=5)
+    assert limit_of(db, kind)["limit"] == DEFAULT_LIMITS[kind.name]
 
 
 def test_the_operator_and_the_functions_are_not_limited(
-    db: PostgresDatabase, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, leads: Callable[[int, int], list[dict[str, Any]]]
 ) -> None:
-    set_limit(db, 0)
+    set_limit(db, 0, kind)
     owner_lead, service_lead = leads(ADA, 2)
-    sql.execute(NEW_REQUEST, {"lead": owner_lead["id"], "telegram_id": ADA})
+    sql.execute(new_request(kind), params(kind, ADA, owner_lead))
     with sql.transaction():
         sql.execute("SET LOCAL ROLE service_role")
-        sql.execute(NEW_REQUEST, {"lead": service_lead["id"], "telegram_id": ADA})
-    assert sql.execute("SELECT count(*) AS n FROM plan_requests").fetchone() == {"n": 2}
-    assert db.call("planbus_daily_plan_request_limit", p_telegram_id=ADA)["used_today"] == 0
+        sql.execute(new_request(kind), params(kind, ADA, service_lead))
+    assert count(sql, kind) == 2
+    assert limit_of(db, kind, ADA)["used_today"] == 0
 
 
 def test_concurrent_inserts_at_the_limit_do_not_exceed_it(
-    db: PostgresDatabase, database_url: str, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
+    db: PostgresDatabase,
+    database_url: str,
+    sql: Sql,
+    kind: AnyKind,
+    leads: Callable[[int, int], list[dict[str, Any]]],
 ) -> None:
     limit, racers = 5, 12
-    set_limit(db, limit)
+    set_limit(db, limit, kind)
     mine = leads(ADA, racers)
     start = threading.Barrier(racers)
     outcomes: list[str] = []
@@ -170,7 +237,7 @@ def test_concurrent_inserts_at_the_limit_do_not_exceed_it(
                 with conn.transaction():
                     act_as(conn, mini_app(ADA))
                     start.wait(timeout=20)
-                    conn.execute(NEW_REQUEST, {"lead": lead["id"], "telegram_id": ADA})
+                    conn.execute(new_request(kind), params(kind, ADA, lead))
                     time.sleep(0.02)  # hold the transaction open so the others pile up behind it
                 outcomes.append("accepted")
             except psycopg.Error as exc:
@@ -182,20 +249,24 @@ def test_concurrent_inserts_at_the_limit_do_not_exceed_it(
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["PT429"] * (racers - limit) + ["accepted"] * limit
-    assert sql.execute("SELECT count(*) AS n FROM plan_requests").fetchone() == {"n": limit}
+    assert count(sql, kind) == limit
 
 
 def test_under_repeatable_read_the_second_of_two_racing_inserts_fails_instead_of_slipping_past(
-    db: PostgresDatabase, database_url: str, sql: Sql, leads: Callable[[int, int], list[dict[str, Any]]]
+    db: PostgresDatabase,
+    database_url: str,
+    sql: Sql,
+    kind: AnyKind,
+    leads: Callable[[int, int], list[dict[str, Any]]],
 ) -> None:
-    set_limit(db, 1)
+    set_limit(db, 1, kind)
     first_lead, second_lead = leads(ADA, 2)
     with psycopg.connect(database_url) as first, psycopg.connect(database_url) as second:
         for conn in (first, second):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             act_as(conn, mini_app(ADA))
-            conn.execute("SELECT count(*) FROM plan_requests")  # takes the snapshot now
-        first.execute(NEW_REQUEST, {"lead": first_lead["id"], "telegram_id": ADA})
+            conn.execute(q.SQL("SELECT count(*) FROM {}").format(q.Identifier(kind.table)))  # the snapshot
+        first.execute(new_request(kind), params(kind, ADA, first_lead))
 
         def commit_later() -> None:
             time.sleep(0.2)
@@ -204,10 +275,10 @@ def test_under_repeatable_read_the_second_of_two_racing_inserts_fails_instead_of
         racer = threading.Thread(target=commit_later)
         racer.start()
         with pytest.raises(psycopg.Error) as refused:
-            second.execute(NEW_REQUEST, {"lead": second_lead["id"], "telegram_id": ADA})
+            second.execute(new_request(kind), params(kind, ADA, second_lead))
         racer.join()
     assert refused.value.sqlstate in {"40001", "PT429"}
-    assert sql.execute("SELECT count(*) AS n FROM plan_requests").fetchone() == {"n": 1}
+    assert count(sql, kind) == 1
 
 
 def test_planbus_limits_shows_and_changes_the_limit(

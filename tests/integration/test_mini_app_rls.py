@@ -140,7 +140,7 @@ REFUSED_WRITES: dict[str, tuple[str, dict[str, Any]]] = {
         {"telegram_id": BOB},
     ),
     "a claim through the state machine": (
-        "SELECT planbus_claim_request(%(lead)s, 60, 3)",
+        "SELECT planbus_claim_request('plan', %(lead)s, 60, 3)",
         {"lead": "bob_request"},
     ),
     "a change of the daily limit": ("SELECT planbus_set_daily_plan_request_limit(1000)", {}),

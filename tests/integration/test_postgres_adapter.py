@@ -74,7 +74,11 @@ def test_state_machine_functions_are_called_with_named_arguments(
 ) -> None:
     request = make_request(make_lead())
     answer = db.call(
-        "planbus_claim_request", p_max_attempts=3, p_request_id=str(request["id"]), p_lease_seconds=60
+        "planbus_claim_request",
+        p_max_attempts=3,
+        p_request_id=str(request["id"]),
+        p_lease_seconds=60,
+        p_kind="plan",
     )
     assert (answer["claimed"], answer["attempt"]) == (True, 1)
 

@@ -1,4 +1,5 @@
-"""Completing a plan request: result, lead and reminders in one transaction; one active request per lead."""
+"""Completing a plan request: result, lead and reminders in one transaction (the plan kind's completion
+step); and for every kind, one active request per lead and only rows the state machine can produce."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql as q
+from psycopg.types.json import Jsonb
 
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError, UniqueViolation
+from planbus.kinds import AnyKind
+from support.request_kinds import completion_for, insert_request
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[dict[str, Any]]
@@ -20,17 +25,23 @@ PLAN = {"summary": "call on Monday", "steps": [{"day": 1}, {"day": 3}]}
 RESULT = {"plan": PLAN, "generator": "offline", "model": None}
 
 
-def claim(db: PostgresDatabase, request_id: Any) -> int:
+def claim(db: PostgresDatabase, request_id: Any, kind: str = "plan") -> int:
     answer = db.call(
-        "planbus_claim_request", p_request_id=str(request_id), p_lease_seconds=60, p_max_attempts=3
+        "planbus_claim_request",
+        p_kind=kind,
+        p_request_id=str(request_id),
+        p_lease_seconds=60,
+        p_max_attempts=3,
     )
     assert answer["claimed"] is True
     return int(answer["attempt"])
 
 
 def complete(db: PostgresDatabase, request_id: Any, attempt: int, reminders: Any, **overrides: Any) -> Any:
-    params = {"p_result": RESULT, "p_plan": PLAN, "p_reminders": reminders, **overrides}
-    return db.call("planbus_complete_request", p_request_id=str(request_id), p_attempt=attempt, **params)
+    params = {"p_result": RESULT, "p_completion": {"plan": PLAN, "reminders": reminders}, **overrides}
+    return db.call(
+        "planbus_complete_request", p_kind="plan", p_request_id=str(request_id), p_attempt=attempt, **params
+    )
 
 
 def schedule(*steps: int, days: int = 1) -> list[dict[str, Any]]:
@@ -38,6 +49,11 @@ def schedule(*steps: int, days: int = 1) -> list[dict[str, Any]]:
     return [
         {"step_index": s, "due_at": (due + timedelta(days=s)).isoformat(), "text": f"step {s}"} for s in steps
     ]
+
+
+def reminders(value: Any) -> dict[str, Any]:
+    """A plan completion whose reminders are `value`."""
+    return {"p_completion": {"plan": PLAN, "reminders": value}}
 
 
 def reminders_of(sql: Conn, lead: Row) -> list[Row]:
@@ -148,27 +164,26 @@ def test_completion_is_all_or_nothing_when_a_write_fails_midway(
     [
         ({"p_result": None}, "p_result must be a JSON object"),
         ({"p_result": ["not", "an", "object"]}, "p_result must be a JSON object"),
-        ({"p_plan": None}, "p_plan is required"),
-        ({"p_reminders": {"step_index": 0}}, "p_reminders must be a JSON array"),
-        ({"p_reminders": [{"step_index": 0, "text": "hi"}]}, "reminder 0 needs a due_at timestamp"),
+        ({"p_completion": ["plan"]}, "p_completion must be a JSON object"),
+        ({"p_completion": {"reminders": []}}, "p_completion.plan is required"),
+        ({"p_completion": {"plan": None, "reminders": []}}, "p_completion.plan is required"),
+        (reminders({"step_index": 0}), "p_completion.reminders must be a JSON array"),
+        (reminders([{"step_index": 0, "text": "hi"}]), "reminder 0 needs a due_at timestamp"),
         (
-            {"p_reminders": [{"due_at": "2030-01-01T10:00:00Z", "text": "hi"}]},
+            reminders([{"due_at": "2030-01-01T10:00:00Z", "text": "hi"}]),
             "reminder 0 needs a step_index",
         ),
         (
-            {"p_reminders": [{"step_index": 1.5, "due_at": "2030-01-01T10:00:00Z", "text": "hi"}]},
+            reminders([{"step_index": 1.5, "due_at": "2030-01-01T10:00:00Z", "text": "hi"}]),
             "reminder 0: step_index must be an integer",
         ),
         (
-            {"p_reminders": [{"step_index": 0, "due_at": "2030-01-01T10:00:00Z", "text": "  "}]},
+            reminders([{"step_index": 0, "due_at": "2030-01-01T10:00:00Z", "text": "  "}]),
             "reminder 0 needs a non-empty text",
         ),
+        (reminders([*schedule(0), *schedule(0)]), "reminder 1: step_index 0 appears twice"),
         (
-            {"p_reminders": [*schedule(0), *schedule(0)]},
-            "reminder 1: step_index 0 appears twice",
-        ),
-        (
-            {"p_reminders": [{"step_index": 0, "due_at": "next week", "text": "hi"}]},
+            reminders([{"step_index": 0, "due_at": "next week", "text": "hi"}]),
             "invalid input syntax for type timestamp",
         ),
     ],
@@ -191,34 +206,43 @@ def test_a_malformed_completion_is_refused_clearly_and_changes_nothing(
 
 
 def test_a_second_active_request_for_a_lead_is_a_unique_violation(
-    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+    db: PostgresDatabase, sql: Conn, kind: AnyKind, make_lead: MakeLead, make_kind_request: MakeRequest
 ) -> None:
     lead = make_lead()
-    first = make_request(lead)
+    first = make_kind_request(lead)
     with pytest.raises(psycopg.errors.UniqueViolation):
-        make_request(lead)
-    claim(db, first["id"])
+        make_kind_request(lead)
+    claim(db, first["id"], kind.name)
     with pytest.raises(psycopg.errors.UniqueViolation):
-        make_request(lead)
-    assert sql.execute("SELECT count(*) AS n FROM plan_requests").fetchone() == {"n": 1}
+        make_kind_request(lead)
+    assert count(sql, kind.table) == 1
 
 
 def test_a_lead_may_ask_again_once_its_request_has_finished(
-    db: PostgresDatabase, make_lead: MakeLead, make_request: MakeRequest
+    db: PostgresDatabase, kind: AnyKind, make_lead: MakeLead, make_kind_request: MakeRequest
 ) -> None:
     lead = make_lead()
-    first = make_request(lead)
-    complete(db, first["id"], claim(db, first["id"]), schedule(0))
-    second = make_request(lead)
+    first = make_kind_request(lead)
+    done = db.call(
+        "planbus_complete_request",
+        p_kind=kind.name,
+        p_request_id=str(first["id"]),
+        p_attempt=claim(db, first["id"], kind.name),
+        p_result=RESULT,
+        p_completion=completion_for(kind),
+    )
+    assert done["completed"] is True
+    second = make_kind_request(lead)
     db.call(
         "planbus_fail_request",
+        p_kind=kind.name,
         p_request_id=str(second["id"]),
-        p_attempt=claim(db, second["id"]),
+        p_attempt=claim(db, second["id"], kind.name),
         p_error="refused",
         p_retryable=False,
         p_max_attempts=3,
     )
-    assert make_request(lead)["status"] == "pending"
+    assert make_kind_request(lead)["status"] == "pending"
 
 
 def test_the_unique_violation_reaches_the_port_as_planbus_unique_violation(
@@ -247,17 +271,18 @@ def test_the_unique_violation_reaches_the_port_as_planbus_unique_violation(
         ("completed", {}),
         ("failed", {}),
         ("processing", {}),
-        ("pending", {"result": '{"plan": {}}'}),
+        ("pending", {"result": Jsonb({"plan": {}})}),
     ],
 )
 def test_the_table_refuses_rows_the_state_machine_could_never_produce(
-    sql: Conn, make_lead: MakeLead, status: str, columns: dict[str, str]
+    sql: Conn, kind: AnyKind, make_lead: MakeLead, status: str, columns: dict[str, Any]
 ) -> None:
-    lead = make_lead()
-    values = {"lead_id": lead["id"], "telegram_id": lead["telegram_id"], "status": status, **columns}
-    names = ", ".join(values)
     with pytest.raises(psycopg.errors.CheckViolation):
-        sql.execute(
-            f"INSERT INTO plan_requests ({names}) VALUES ({', '.join(['%s'] * len(values))})",
-            list(values.values()),
-        )
+        insert_request(sql, kind, make_lead(), status=status, **columns)
+    assert count(sql, kind.table) == 0
+
+
+def count(sql: Conn, table: str) -> int:
+    row = sql.execute(q.SQL("SELECT count(*) AS n FROM public.{}").format(q.Identifier(table))).fetchone()
+    assert row is not None
+    return int(row["n"])

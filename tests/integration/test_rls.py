@@ -18,7 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql as q
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
+from planbus.kinds import KINDS, AnyKind
+from support.request_kinds import INSERT_DEFAULTS, insert_request
 from support.rls import Caller, Outcome, claims, run_as, snapshot
 
 SUB_A, SUB_B, SUB_M, SUB_F = (str(uuid.UUID(int=n, version=4)) for n in (1, 2, 3, 4))
@@ -38,14 +41,19 @@ OWNER = {"A": "A", "B": "B", "M": "M", "F": None, "anon": None}
 # Whose lead a caller without a lead of its own tries to use.
 TARGET = {"A": "A", "B": "B", "M": "M", "F": "A", "anon": "A"}
 OTHER = {"A": "B", "B": "A", "M": "A", "F": "B", "anon": "B"}
-COUNTS = "planbus_private.daily_plan_request_counts"
+COUNTS = "planbus_private.daily_request_counts"
 
 
 @dataclass(frozen=True)
 class World:
     leads: dict[str, str]
-    requests: dict[str, str]
+    requests: dict[str, str]  # each user's plan request (its reminder's plan)
     reminders: dict[str, str]
+    by_kind: dict[str, dict[str, str]]  # each user's request of every kind
+
+
+def kind_ids(kind: AnyKind) -> str:
+    return kind.name
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +64,10 @@ def conn(module_database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]
 
 @pytest.fixture(scope="module")
 def world(conn: psycopg.Connection[dict[str, Any]]) -> World:
-    """A lead, a completed request and a reminder for A, B and M; the mapping for A and M; internals."""
+    """A lead, a completed request of every kind and a reminder for A, B and M; the mapping for A and M;
+    internals."""
     leads, requests, reminders = {}, {}, {}
+    by_kind: dict[str, dict[str, str]] = {kind.name: {} for kind in KINDS}
     for who, telegram_id in TG.items():
         lead = conn.execute(
             "INSERT INTO leads (telegram_id, full_name) VALUES (%s, %s) RETURNING id",
@@ -77,17 +87,24 @@ def world(conn: psycopg.Connection[dict[str, Any]]) -> World:
         ).fetchone()
         assert reminder is not None
         leads[who], requests[who], reminders[who] = str(lead["id"]), str(request["id"]), str(reminder["id"])
+        by_kind["plan"][who] = requests[who]
+        for kind in KINDS:
+            if kind.name != "plan":
+                row = {"id": lead["id"], "telegram_id": telegram_id}
+                done = insert_request(conn, kind, row, status="completed", result=Jsonb({}))
+                by_kind[kind.name][who] = str(done["id"])
     conn.execute(
         "INSERT INTO telegram_users (user_id, telegram_id) VALUES (%s, %s), (%s, %s)",
         [SUB_A, TG["A"], SUB_M, TG["M"]],
     )
     conn.execute(
-        "INSERT INTO planbus_private.plan_request_errors (request_id, attempt, message) VALUES (%s, 1, 'x')",
+        "INSERT INTO planbus_private.request_errors (kind, request_id, attempt, message)"
+        " VALUES ('plan', %s, 1, 'x')",
         [requests["A"]],
     )
     conn.execute("INSERT INTO planbus_private.settings (name, value) VALUES ('webhook_secret', 's3cret')")
     conn.execute("INSERT INTO planbus_private.telegram_outbox (chat_id, text) VALUES (%s, 'hi')", [TG["A"]])
-    return World(leads, requests, reminders)
+    return World(leads, requests, reminders, by_kind)
 
 
 @pytest.fixture
@@ -101,16 +118,18 @@ def ids(outcome: Outcome, column: str = "id") -> set[str]:
     return {str(row[column]) for row in outcome.rows}
 
 
-def own(world: World, kind: str, who: str) -> set[str]:
+def own(world: World, rows: str, who: str) -> set[str]:
     owner = OWNER[who]
-    return {getattr(world, kind)[owner]} if owner else set()
+    if owner is None:
+        return set()
+    return {world.by_kind[rows][owner] if rows in world.by_kind else getattr(world, rows)[owner]}
 
 
 # -- reading ---------------------------------------------------------------------------------------------
 
 READS = {
     "leads": ("SELECT id FROM leads", "leads"),
-    "plan_requests": ("SELECT id FROM plan_requests", "requests"),
+    **{kind.table: (f"SELECT id FROM {kind.table}", kind.name) for kind in KINDS},
     "reminders": ("SELECT id FROM reminders", "reminders"),
 }
 
@@ -158,15 +177,22 @@ def test_the_callers_telegram_id_comes_from_the_claim_or_else_the_mapping(
 
 @pytest.mark.parametrize("with_id", [False, True], ids=["server id", "client id"])
 @pytest.mark.parametrize("who", CALLERS)
+@pytest.mark.parametrize("kind", KINDS, ids=kind_ids)
 def test_a_caller_may_insert_a_pending_request_only_for_its_own_lead(
-    rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str, with_id: bool
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, kind: AnyKind, who: str, with_id: bool
 ) -> None:
     target = TARGET[who]
-    values = {"lead_id": world.leads[target], "telegram_id": TG[target], "status": "pending"}
+    values = {
+        "lead_id": world.leads[target],
+        "telegram_id": TG[target],
+        "status": "pending",
+        **INSERT_DEFAULTS[kind.name],
+    }
     if with_id:
         values["id"] = str(uuid.uuid4())
     before = snapshot(rolled_back)
-    outcome = run_as(rolled_back, CALLERS[who], insert(values, returning="id, status, attempts, telegram_id"))
+    statement = insert(values, kind, returning="id, status, attempts, telegram_id")
+    outcome = run_as(rolled_back, CALLERS[who], statement)
     if OWNER[who] is None:
         assert outcome.sqlstate == "42501", outcome.message
         assert snapshot(rolled_back) == before
@@ -177,20 +203,22 @@ def test_a_caller_may_insert_a_pending_request_only_for_its_own_lead(
     if with_id:
         assert str(created["id"]) == values["id"]
     after = snapshot(rolled_back)
-    assert len(after["public.plan_requests"]) == len(before["public.plan_requests"]) + 1
+    table = f"public.{kind.table}"
+    assert len(after[table]) == len(before[table]) + 1
     # The accepted insert counts against its Telegram user's daily limit (the limit: test_daily_limit.py).
     today = rolled_back.execute("SELECT (now() AT TIME ZONE 'UTC')::date AS day").fetchone()
     assert today is not None
     assert before[COUNTS] == []
-    assert after[COUNTS] == [(TG[target], today["day"], 1)]
-    changed = {"public.plan_requests", COUNTS}
+    assert after[COUNTS] == [(kind.name, TG[target], today["day"], 1)]
+    changed = {table, COUNTS}
     assert {k: v for k, v in after.items() if k not in changed} == {
         k: v for k, v in before.items() if k not in changed
     }
 
 
-def insert(values: dict[str, Any], *, returning: str = "id") -> q.Composed:
-    return q.SQL("INSERT INTO plan_requests ({}) VALUES ({}) RETURNING {}").format(
+def insert(values: dict[str, Any], kind: AnyKind, *, returning: str = "id") -> q.Composed:
+    return q.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
+        q.Identifier(kind.table),
         q.SQL(", ").join(map(q.Identifier, values)),
         q.SQL(", ").join(map(q.Literal, values.values())),
         q.SQL(returning),
@@ -200,33 +228,64 @@ def insert(values: dict[str, Any], *, returning: str = "id") -> q.Composed:
 # -- everything else is refused, and changes nothing -------------------------------------------------------
 
 Statement = Callable[[World, str], q.Composable]
+RequestStatement = Callable[[World, str, AnyKind], q.Composable]
 
 
-def request_as(who: str, world: World, lead_of: str, telegram_of: str, **extra: Any) -> q.Composable:
-    return insert({"lead_id": world.leads[lead_of], "telegram_id": TG[telegram_of], **extra})
+def request_as(
+    who: str, world: World, kind: AnyKind, lead_of: str, telegram_of: str, **extra: Any
+) -> q.Composable:
+    values = {"lead_id": world.leads[lead_of], "telegram_id": TG[telegram_of], **INSERT_DEFAULTS[kind.name]}
+    return insert({**values, **extra}, kind)
+
+
+def own_request(world: World, who: str, kind: AnyKind) -> q.Composable:
+    return q.Literal(world.by_kind[kind.name][TARGET[who]])
+
+
+# What the Mini App may not do to a request, of any kind.
+REFUSED_ON_REQUESTS: dict[str, RequestStatement] = {
+    "insert for another user's lead": lambda w, who, k: request_as(who, w, k, OTHER[who], TARGET[who]),
+    "insert with another telegram_id": lambda w, who, k: request_as(who, w, k, TARGET[who], OTHER[who]),
+    "insert as processing": lambda w, who, k: request_as(
+        who, w, k, TARGET[who], TARGET[who], status="processing"
+    ),
+    "insert as completed": lambda w, who, k: request_as(
+        who, w, k, TARGET[who], TARGET[who], status="completed", result='{"plan": {}}'
+    ),
+    "insert with a result": lambda w, who, k: request_as(
+        who, w, k, TARGET[who], TARGET[who], result='{"plan": {}}'
+    ),
+    "insert with an error": lambda w, who, k: request_as(who, w, k, TARGET[who], TARGET[who], error="x"),
+    "insert with attempts": lambda w, who, k: request_as(who, w, k, TARGET[who], TARGET[who], attempts=1),
+    "insert with a lease": lambda w, who, k: request_as(
+        who, w, k, TARGET[who], TARGET[who], lease_expires_at="2030-01-01T00:00:00Z"
+    ),
+    "insert with a retry time": lambda w, who, k: request_as(
+        who, w, k, TARGET[who], TARGET[who], run_after="2030-01-01T00:00:00Z"
+    ),
+    "update a request": lambda w, who, k: q.SQL("UPDATE {} SET error = 'x' WHERE id = {}").format(
+        q.Identifier(k.table), own_request(w, who, k)
+    ),
+    "delete a request": lambda w, who, k: q.SQL("DELETE FROM {} WHERE id = {}").format(
+        q.Identifier(k.table), own_request(w, who, k)
+    ),
+}
+
+
+@pytest.mark.parametrize("action", REFUSED_ON_REQUESTS)
+@pytest.mark.parametrize("who", CALLERS)
+@pytest.mark.parametrize("kind", KINDS, ids=kind_ids)
+def test_every_other_action_on_a_request_is_refused_and_changes_nothing(
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, kind: AnyKind, who: str, action: str
+) -> None:
+    before = snapshot(rolled_back)
+    outcome = run_as(rolled_back, CALLERS[who], REFUSED_ON_REQUESTS[action](world, who, kind))
+    assert outcome.refused, f"{CALLERS[who]} could {action} on {kind.table}: {outcome.rows}"
+    assert outcome.sqlstate in {"42501", "23514"}, outcome.message
+    assert snapshot(rolled_back) == before
 
 
 REFUSED: dict[str, Statement] = {
-    "insert for another user's lead": lambda w, who: request_as(who, w, OTHER[who], TARGET[who]),
-    "insert with another telegram_id": lambda w, who: request_as(who, w, TARGET[who], OTHER[who]),
-    "insert as processing": lambda w, who: request_as(who, w, TARGET[who], TARGET[who], status="processing"),
-    "insert as completed": lambda w, who: request_as(
-        who, w, TARGET[who], TARGET[who], status="completed", result='{"plan": {}}'
-    ),
-    "insert with a result": lambda w, who: request_as(
-        who, w, TARGET[who], TARGET[who], result='{"plan": {}}'
-    ),
-    "insert with an error": lambda w, who: request_as(who, w, TARGET[who], TARGET[who], error="x"),
-    "insert with attempts": lambda w, who: request_as(who, w, TARGET[who], TARGET[who], attempts=1),
-    "insert with a lease": lambda w, who: request_as(
-        who, w, TARGET[who], TARGET[who], lease_expires_at="2030-01-01T00:00:00Z"
-    ),
-    "update a request": lambda w, who: q.SQL("UPDATE plan_requests SET error = 'x' WHERE id = {}").format(
-        q.Literal(w.requests[TARGET[who]])
-    ),
-    "delete a request": lambda w, who: q.SQL("DELETE FROM plan_requests WHERE id = {}").format(
-        q.Literal(w.requests[TARGET[who]])
-    ),
     "insert a lead": lambda w, who: q.SQL(
         "INSERT INTO leads (telegram_id, full_name) VALUES ({}, 'x')"
     ).format(q.Literal(TG[TARGET[who]])),
@@ -253,7 +312,9 @@ REFUSED: dict[str, Statement] = {
         q.Literal(TG[OTHER[who]])
     ),
     "read the settings": lambda w, who: q.SQL("SELECT * FROM planbus_private.settings"),
-    "read the error history": lambda w, who: q.SQL("SELECT * FROM planbus_private.plan_request_errors"),
+    "read the error history": lambda w, who: q.SQL("SELECT * FROM planbus_private.request_errors"),
+    "read the kinds": lambda w, who: q.SQL("SELECT * FROM planbus_private.request_kinds"),
+    "read the deliveries": lambda w, who: q.SQL("SELECT * FROM planbus_private.webhook_deliveries"),
     "read the outbox": lambda w, who: q.SQL("SELECT * FROM planbus_private.telegram_outbox"),
     "read the migrations": lambda w, who: q.SQL("SELECT * FROM planbus_private.schema_migrations"),
     "read a setting through its function": lambda w, who: q.SQL(
@@ -295,7 +356,7 @@ def test_no_planbus_function_may_be_executed_by_the_mini_app(
     rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str
 ) -> None:
     functions = planbus_functions(rolled_back)
-    assert ("public", "planbus_claim_request", 3) in functions
+    assert ("public", "planbus_claim_request", 4) in functions
     before = snapshot(rolled_back)
     allowed = []
     for schema, name, args in functions:

@@ -24,7 +24,11 @@ RESULT = {"plan": {"summary": "s", "steps": []}}
 
 def claim(db: PostgresDatabase, request: Row, lease: int = 300) -> int:
     answer = db.call(
-        "planbus_claim_request", p_request_id=request["id"], p_lease_seconds=lease, p_max_attempts=3
+        "planbus_claim_request",
+        p_kind="plan",
+        p_request_id=request["id"],
+        p_lease_seconds=lease,
+        p_max_attempts=3,
     )
     assert answer["claimed"], answer
     attempt: int = answer["attempt"]
@@ -35,11 +39,11 @@ def complete(db: PostgresDatabase, request: Row, reminders: list[dict[str, Any]]
     attempt = claim(db, request)
     answer = db.call(
         "planbus_complete_request",
+        p_kind="plan",
         p_request_id=request["id"],
         p_attempt=attempt,
         p_result=RESULT,
-        p_plan=RESULT["plan"],
-        p_reminders=reminders or [],
+        p_completion={"plan": RESULT["plan"], "reminders": reminders or []},
     )
     assert answer["completed"], answer
 
@@ -48,6 +52,7 @@ def fail(db: PostgresDatabase, request: Row, error: str, *, retryable: bool = Fa
     attempt = claim(db, request)
     answer = db.call(
         "planbus_fail_request",
+        p_kind="plan",
         p_request_id=request["id"],
         p_attempt=attempt,
         p_error=error,
@@ -100,7 +105,7 @@ def arranged(
     )
     sql.execute("ALTER TABLE public.plan_requests ENABLE TRIGGER plan_requests_touch")
     sql.execute(
-        "UPDATE planbus_private.plan_request_errors SET at = now() - interval '2 days' WHERE request_id = %s",
+        "UPDATE planbus_private.request_errors SET at = now() - interval '2 days' WHERE request_id = %s",
         (ancient["id"],),
     )
 

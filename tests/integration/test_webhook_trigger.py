@@ -1,4 +1,4 @@
-"""The AFTER INSERT webhook: the Supabase payload, and its three delivery paths.
+"""The AFTER INSERT webhook on every kind's table: the Supabase payload, and its three delivery paths.
 
 pg_net, InsForge's realtime.publish and Supabase Vault are stood in for by plain SQL objects with the same
 names and signatures, created in the test's own database, that record how they were called.
@@ -12,9 +12,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql as q
 
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError
+from planbus.kinds import KINDS, AnyKind
+from support.request_kinds import insert_request
 from support.rls import Caller, claims, run_as
 
 Row = dict[str, Any]
@@ -81,9 +84,10 @@ def received(listener: psycopg.Connection[Any], *, wait: float = 5) -> list[Any]
     return [json.loads(n.payload) for n in listener.notifies(timeout=wait, stop_after=1)]
 
 
-def as_json(sql: Conn, request_id: Any) -> Any:
+def as_json(sql: Conn, request_id: Any, table: str = "plan_requests") -> Any:
     found = sql.execute(
-        "SELECT to_jsonb(p) AS record FROM plan_requests p WHERE id = %s", [request_id]
+        q.SQL("SELECT to_jsonb(p) AS record FROM {} p WHERE id = %s").format(q.Identifier(table)),
+        [request_id],
     ).fetchone()
     assert found is not None
     return found["record"]
@@ -94,15 +98,19 @@ def store(db: PostgresDatabase, name: str, value: str | None) -> Any:
 
 
 def test_an_insert_is_announced_on_planbus_events_in_the_supabase_webhook_shape(
-    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead, make_request: MakeRequest
+    sql: Conn,
+    listener: psycopg.Connection[Any],
+    kind: AnyKind,
+    make_lead: MakeLead,
+    make_kind_request: MakeRequest,
 ) -> None:
-    request = make_request(make_lead())
+    request = make_kind_request(make_lead())
     [payload] = received(listener)
     assert payload == {
         "type": "INSERT",
-        "table": "plan_requests",
+        "table": kind.table,
         "schema": "public",
-        "record": as_json(sql, request["id"]),
+        "record": as_json(sql, request["id"], kind.table),
         "old_record": None,
     }
     assert payload["record"]["status"] == "pending"
@@ -126,9 +134,9 @@ def test_an_insert_by_the_mini_app_is_announced_too(
 
 
 def test_a_row_not_inserted_as_pending_is_not_announced(
-    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead, make_request: MakeRequest
+    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead, make_kind_request: MakeRequest
 ) -> None:
-    make_request(make_lead(), status="failed", error="imported as failed")
+    make_kind_request(make_lead(), status="failed", error="imported as failed")
     assert received(listener, wait=0.5) == []
 
 
@@ -172,10 +180,10 @@ def test_a_changed_url_is_used_from_the_next_insert_on(
 
 
 def test_with_pg_net_but_no_stored_url_the_local_channel_is_used(
-    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead, make_request: MakeRequest
+    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead, make_kind_request: MakeRequest
 ) -> None:
     sql.execute(FAKE_PG_NET)
-    make_request(make_lead())
+    make_kind_request(make_lead())
     assert len(received(listener)) == 1
     assert sql.execute("SELECT count(*) AS n FROM net.calls").fetchone() == {"n": 0}
 
@@ -196,7 +204,7 @@ def test_url_and_secret_are_never_part_of_the_trigger_or_any_function(
          WHERE n.nspname IN ('public', 'planbus_private')
         """
     ).fetchall()
-    assert any("dispatch_plan_request" in d["text"] for d in definitions)
+    assert any("send_request_webhook('plan')" in d["text"] for d in definitions)
     leaks = [d["text"][:80] for d in definitions if URL in d["text"] or SECRET in d["text"]]
     assert leaks == []
 
@@ -250,7 +258,7 @@ def test_realtime_publish_gets_the_payload_where_pg_net_is_absent(
 
 
 def test_a_failing_delivery_path_does_not_refuse_the_insert(
-    db: PostgresDatabase, sql: Conn, make_lead: MakeLead, make_request: MakeRequest
+    db: PostgresDatabase, sql: Conn, kind: AnyKind, make_lead: MakeLead, make_kind_request: MakeRequest
 ) -> None:
     sql.execute(FAKE_PG_NET)
     sql.execute(
@@ -259,17 +267,24 @@ def test_a_failing_delivery_path_does_not_refuse_the_insert(
         " RETURNS bigint"
         " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'queue is full'; END $$"
     )
-    store(db, "webhook_url", URL)
+    store(db, f"webhook_url_{kind.name}", URL)
     warnings: list[str] = []
     sql.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
-    request = make_request(make_lead())
+    request = make_kind_request(make_lead())
     assert request["status"] == "pending"
-    assert any("not sent" in w and "queue is full" in w for w in warnings)
+    assert any(
+        f"{kind.name} request {request['id']} not sent" in w and "queue is full" in w for w in warnings
+    )
+    assert sql.execute("SELECT count(*) AS n FROM planbus_private.webhook_deliveries").fetchone() == {"n": 0}
     # The sweeper's query finds it once the grace period has passed.
     sql.execute(
-        "UPDATE plan_requests SET run_after = now() - interval '1 hour' WHERE id = %s", [request["id"]]
+        q.SQL("UPDATE {} SET run_after = now() - interval '1 hour' WHERE id = %s").format(
+            q.Identifier(kind.table)
+        ),
+        [request["id"]],
     )
-    assert db.call("planbus_find_lost_requests", p_grace_seconds=60, p_limit=10) == [str(request["id"])]
+    lost = db.call("planbus_find_lost_requests", p_kind=kind.name, p_grace_seconds=60, p_limit=10)
+    assert [item["id"] for item in lost] == [str(request["id"])]
 
 
 @pytest.mark.parametrize(
@@ -288,3 +303,104 @@ def test_a_bad_setting_is_refused_and_nothing_is_stored(
         store(db, name, value)
     assert refused.value.sqlstate == "22023"
     assert sql.execute("SELECT * FROM planbus_private.settings ORDER BY name").fetchall() == before
+
+
+def test_each_kind_posts_to_its_own_url_and_the_post_is_recorded_with_pg_nets_id(
+    db: PostgresDatabase, sql: Conn, make_lead: MakeLead
+) -> None:
+    sql.execute(FAKE_PG_NET)
+    store(db, "webhook_secret", SECRET)
+    for kind in KINDS:
+        store(db, f"webhook_url_{kind.name}", f"{URL}/{kind.handle_target}")
+    requests = {
+        kind.name: insert_request(sql, kind, make_lead(telegram_id=n)) for n, kind in enumerate(KINDS)
+    }
+    calls = sql.execute("SELECT id, url, body FROM net.calls ORDER BY id").fetchall()
+    assert [(c["url"], c["body"]["table"]) for c in calls] == [
+        (f"{URL}/{kind.handle_target}", kind.table) for kind in KINDS
+    ]
+    deliveries = sql.execute(
+        "SELECT kind, request_id, channel, net_request_id, outcome FROM planbus_private.webhook_deliveries"
+        " ORDER BY id"
+    ).fetchall()
+    assert deliveries == [
+        {
+            "kind": kind.name,
+            "request_id": requests[kind.name]["id"],
+            "channel": "pg_net",
+            "net_request_id": call["id"],
+            "outcome": None,
+        }
+        for kind, call in zip(KINDS, calls, strict=True)
+    ]
+
+
+def test_the_deployed_webhook_url_serves_plans_only(
+    db: PostgresDatabase, sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead
+) -> None:
+    sql.execute(FAKE_PG_NET)
+    store(db, "webhook_url", URL)
+    for n, kind in enumerate(KINDS):
+        insert_request(sql, kind, make_lead(telegram_id=n))
+    assert [c["body"]["table"] for c in sql.execute("SELECT body FROM net.calls").fetchall()] == [
+        "plan_requests"
+    ]
+    # Another kind without a URL of its own still reaches the local relay.
+    assert [p["table"] for p in received(listener)] == [kind.table for kind in KINDS if kind.name != "plan"]
+
+
+def test_realtime_publish_names_the_kind_in_its_event(
+    sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead
+) -> None:
+    sql.execute(FAKE_REALTIME)
+    for n, kind in enumerate(KINDS):
+        insert_request(sql, kind, make_lead(telegram_id=n))
+    published = sql.execute("SELECT channel, event, payload FROM realtime.published").fetchall()
+    assert [(p["channel"], p["event"], p["payload"]["table"]) for p in published] == [
+        ("planbus", f"{kind.name}_request_inserted", kind.table) for kind in KINDS
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"p_kind": "invoice"}, "unknown request kind: invoice"),
+        ({"p_channel": "email"}, "p_channel must be"),
+        ({"p_request_id": None}, "p_request_id is required"),
+    ],
+)
+def test_a_delivery_report_that_makes_no_sense_is_refused(
+    db: PostgresDatabase, sql: Conn, params: dict[str, Any], message: str
+) -> None:
+    report = {
+        "p_kind": "plan",
+        "p_request_id": "00000000-0000-4000-8000-000000000001",
+        "p_channel": "cloud_tasks",
+        "p_outcome": "enqueue_failed",
+        "p_detail": "UNAVAILABLE: connection refused",
+        **params,
+    }
+    with pytest.raises(DatabaseError, match=message) as refused:
+        db.call("planbus_record_delivery", **report)
+    assert refused.value.sqlstate == "22023"
+    assert sql.execute("SELECT count(*) AS n FROM planbus_private.webhook_deliveries").fetchone() == {"n": 0}
+
+
+def test_a_delivery_report_is_kept(db: PostgresDatabase, sql: Conn) -> None:
+    answer = db.call(
+        "planbus_record_delivery",
+        p_kind="draft",
+        p_request_id="00000000-0000-4000-8000-000000000001",
+        p_channel="cloud_tasks",
+        p_outcome="enqueue_failed",
+        p_detail="PERMISSION_DENIED: the caller may not enqueue",
+    )
+    row = sql.execute("SELECT * FROM planbus_private.webhook_deliveries").fetchone()
+    assert row is not None and answer == {"recorded": True, "id": row["id"]}
+    assert (row["kind"], row["channel"], row["outcome"], row["detail"], row["net_request_id"]) == (
+        "draft",
+        "cloud_tasks",
+        "enqueue_failed",
+        "PERMISSION_DENIED: the caller may not enqueue",
+        None,
+    )

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from planbus.initdata import sign_init_data
+from support.openai_fakes import VALID_PLAN
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "functions" / "main.py"
@@ -226,9 +228,40 @@ def mini_app_sign_in(sql: Sql) -> FirstRequest:
     )
 
 
+def draft_request_insert(sql: Sql) -> FirstRequest:
+    """A webhook for a new draft request on a lead with a plan: claimed, drafted offline, completed."""
+    lead = _lead(sql, 7501)
+    sql.execute("UPDATE leads SET plan = %s WHERE id = %s", (Jsonb(VALID_PLAN), lead["id"]))
+    row = sql.execute(
+        "INSERT INTO draft_requests (lead_id, telegram_id, step_index) VALUES (%s, %s, 0) RETURNING *",
+        (lead["id"], lead["telegram_id"]),
+    ).fetchone()
+    assert row is not None
+    record = json.loads(json.dumps(row, default=str))
+    event = {"type": "INSERT", "table": "draft_requests", "schema": "public", "record": record}
+    return FirstRequest({**event, "old_record": None}, frozenset({"psycopg"}), answer={"outcome": "completed"})
+
+
+def plan_task(sql: Sql) -> FirstRequest:
+    """A Cloud Tasks call for a pending plan request: claimed, planned offline, completed."""
+    request = _pending(sql, 7601)
+    return FirstRequest({"request_id": str(request["id"])}, frozenset({"psycopg"}), answer={"outcome": "completed"})
+
+
+def draft_task(sql: Sql) -> FirstRequest:
+    """A Cloud Tasks call for a pending draft request: claimed, drafted offline, completed."""
+    event = draft_request_insert(sql).body
+    assert event is not None
+    request_id = event["record"]["id"]
+    return FirstRequest({"request_id": request_id}, frozenset({"psycopg"}), answer={"outcome": "completed"})
+
+
 # A target added to main.py gets its entry here: the request that shows what its cold start costs.
 FIRST_REQUESTS: dict[str, Callable[[Sql], FirstRequest]] = {
     "handle_plan_request": plan_request_insert,
+    "process_plan_request": plan_task,
+    "handle_draft_request": draft_request_insert,
+    "process_draft_request": draft_task,
     "send_due_reminders": due_reminder,
     "reset_stale_requests": lost_request,
     "telegram_auth": mini_app_sign_in,

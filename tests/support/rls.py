@@ -29,12 +29,15 @@ Role = Literal["anon", "authenticated", "service_role"]
 TABLES = (
     "public.leads",
     "public.plan_requests",
+    "public.draft_requests",
     "public.reminders",
     "public.telegram_users",
-    "planbus_private.plan_request_errors",
+    "planbus_private.request_kinds",
+    "planbus_private.request_errors",
     "planbus_private.settings",
     "planbus_private.telegram_outbox",
-    "planbus_private.daily_plan_request_counts",
+    "planbus_private.daily_request_counts",
+    "planbus_private.webhook_deliveries",
 )
 
 

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from planbus import schema
+from planbus.kinds import KINDS, AnyKind
 from planbus.models import MAX_DAY_OFFSET, MAX_MESSAGE, MAX_STEPS, Plan, PlanResult, WebhookPayload
 from support.openai_fakes import VALID_PLAN
 
@@ -87,11 +88,20 @@ def insert(record: Any, **fields: Any) -> dict[str, Any]:
     }
 
 
-def test_an_insert_on_plan_requests_names_the_request() -> None:
+def parse(body: Any, table: str = "plan_requests") -> WebhookPayload:
+    """The payload as the webhook of public.<table> reads it."""
+    return WebhookPayload.for_table(json.dumps(body), table)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name)
+def test_an_insert_on_a_kinds_table_names_the_request(kind: AnyKind) -> None:
     request_id = str(uuid.uuid4())
-    event = WebhookPayload.model_validate(insert({"id": request_id, "status": "pending"}, user_id="ignored"))
-    assert event.is_plan_request_insert
-    assert event.request_id == request_id
+    event = parse(
+        insert({"id": request_id, "status": "pending"}, table=kind.table, user_id="ignored"), kind.table
+    )
+    assert event.is_insert_on(kind.table)
+    assert event.request_id_on(kind.table) == request_id
+    assert [other.table for other in KINDS if event.is_insert_on(other.table)] == [kind.table]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +122,7 @@ def test_an_insert_on_plan_requests_names_the_request() -> None:
 )
 def test_a_body_that_is_not_a_webhook_payload_is_refused(body: dict[str, Any], complaint: str) -> None:
     with pytest.raises(ValidationError, match=complaint):
-        WebhookPayload.model_validate(body)
+        parse(body)
 
 
 @pytest.mark.parametrize(
@@ -131,18 +141,24 @@ def test_a_body_that_is_not_a_webhook_payload_is_refused(body: dict[str, Any], c
     ],
 )
 def test_other_events_are_understood_but_not_acted_on(body: dict[str, Any]) -> None:
-    assert not WebhookPayload.model_validate(body).is_plan_request_insert
+    assert not parse(body).is_insert_on("plan_requests")
 
 
 def test_a_delete_names_the_request_from_the_old_record() -> None:
     request_id = str(uuid.uuid4())
     body = {"type": "DELETE", "table": "plan_requests", "schema": "public", "record": None}
-    event = WebhookPayload.model_validate({**body, "old_record": {"id": request_id}})
-    assert event.request_id == request_id
+    event = parse({**body, "old_record": {"id": request_id}})
+    assert event.request_id_on("plan_requests") == request_id
 
 
 def test_an_event_on_another_table_names_no_request() -> None:
-    assert WebhookPayload.model_validate(insert({"id": str(uuid.uuid4())}, table="leads")).request_id is None
+    event = parse(insert({"id": str(uuid.uuid4())}, table="leads"))
+    assert event.request_id_on("plan_requests") is None and event.request_id_on("leads") is not None
+
+
+def test_an_insert_on_another_table_needs_no_id_of_this_kinds_webhook() -> None:
+    event = parse(insert({"id": 7}, table="invoices"))
+    assert not event.is_insert_on("plan_requests") and event.request_id_on("plan_requests") is None
 
 
 def test_the_committed_json_schemas_match_the_models() -> None:

@@ -28,6 +28,13 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="how often the scheduler calls reset_stale_requests (default 5)",
     )
+    parser.add_argument(
+        "--dispatch",
+        choices=("cloud-tasks", "inline"),
+        default="cloud-tasks",
+        help="cloud-tasks (default): webhooks enqueue on a local Cloud Tasks emulator, which calls the "
+        "workers; inline: each webhook makes its LLM call itself",
+    )
     parser.add_argument("--quiet", action="store_true", help="show warnings and errors of the processes only")
     parser.set_defaults(run=run)
 
@@ -41,5 +48,10 @@ def run(args: argparse.Namespace) -> int:
     console = Console(min_severity="WARNING" if args.quiet else "DEBUG")
     # SIGTERM stops the demo like Ctrl-C: the stack's context manager then stops every process.
     signal.signal(signal.SIGTERM, _interrupt)
-    options = StackOptions(data_dir=None, reminders_every=args.reminders_every, sweep_every=args.sweep_every)
+    options = StackOptions(
+        data_dir=None,
+        reminders_every=args.reminders_every,
+        sweep_every=args.sweep_every,
+        dispatch=args.dispatch,
+    )
     return run_demo(settings, console, options)

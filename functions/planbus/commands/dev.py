@@ -43,6 +43,13 @@ def register(sub: Any) -> None:
         default=None,
         help="write the database URL, function URLs and process ids here as JSON (no secrets)",
     )
+    parser.add_argument(
+        "--dispatch",
+        choices=("cloud-tasks", "inline"),
+        default="cloud-tasks",
+        help="cloud-tasks (default): webhooks enqueue on a local Cloud Tasks emulator, which calls the "
+        "workers; inline: each webhook makes its LLM call itself",
+    )
     parser.add_argument("--quiet", action="store_true", help="show warnings and errors of the processes only")
     parser.set_defaults(run=run)
 
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         reminders_every=args.reminders_every,
         sweep_every=args.sweep_every,
         state_file=args.state_file,
+        dispatch=args.dispatch,
     )
     stack = Stack(settings, options, console)
     stopped = threading.Event()

@@ -2,8 +2,10 @@
 
 1. An operator loads the lead registry (a demo user and three leads; idempotent on a reused database).
 2. The Mini App inserts a plan request as its signed-in user (role `authenticated`, JWT claims, RLS).
-3. The trigger fires, the relay delivers the webhook, handle_plan_request claims, generates and completes;
-   the Mini App's polling shows pending → processing → completed.
+3. The trigger fires and the relay delivers the webhook. With Cloud Tasks (the default) handle_plan_request
+   enqueues a task and answers `queued`, and the emulator calls process_plan_request, which claims,
+   generates and completes: the Mini App's polling shows pending → queued → processing → completed.
+   Inline, handle_plan_request does the work itself: pending → processing → completed.
 4. The plan and its reminders are printed; the operator moves the first step's reminder to now
    (`planbus_reschedule_reminder`), and the scheduler's next send_due_reminders call delivers it to the
    local Telegram sink.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +26,7 @@ from psycopg.rows import dict_row
 from planbus.db.postgres import PostgresDatabase
 from planbus.devstack.console import Console
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
-from planbus.devstack.render import plan_table, progress_line, reminder_table, timeline
+from planbus.devstack.render import QUEUED_STAGES, STAGES, plan_table, progress_line, reminder_table, timeline
 from planbus.devstack.stack import Stack, StackOptions
 from planbus.errors import LimitExceeded
 from planbus.settings import Settings
@@ -92,8 +95,18 @@ def seed_demo_data(database_url: str) -> tuple[MiniAppUser, dict[str, Any]]:
     return MiniAppUser(user["user_id"], DEMO_TELEGRAM_ID), free
 
 
-def follow_request(app: MiniApp, request_id: uuid.UUID, console: Console, timeout: float) -> dict[str, Any]:
-    """Poll the row as the Mini App does until it is completed or failed, showing its progress."""
+def follow_request(
+    app: MiniApp,
+    request_id: uuid.UUID,
+    console: Console,
+    timeout: float,
+    *,
+    queued: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Poll the row as the Mini App does until it is completed or failed, showing its progress. With
+    `queued` (whether the webhook has answered `queued`), a pending row that is waiting in the task queue
+    shows as the `queued` stage."""
+    stages = STAGES if queued is None else QUEUED_STAGES
     started = time.monotonic()
     seen: dict[str, float] = {}
     spinner = itertools.cycle("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
@@ -103,14 +116,16 @@ def follow_request(app: MiniApp, request_id: uuid.UUID, console: Console, timeou
         if row is None:
             raise LookupError(f"plan request {request_id} is not visible to its own user")
         status = str(row["status"])
+        if status == "pending" and queued is not None and queued():
+            status = "queued"
         seen.setdefault(status, elapsed)
         if console.interactive:
-            console.status(progress_line(status, elapsed, spinner=next(spinner)))
+            console.status(progress_line(status, elapsed, spinner=next(spinner), stages=stages))
         else:
-            console.status(progress_line(status, seen[status]))
+            console.status(progress_line(status, seen[status], stages=stages))
         if status in ("completed", "failed"):
             console.status(None)
-            console.line(timeline(seen, status) + f"  (attempts: {row['attempts']})")
+            console.line(timeline(seen, status, stages=stages) + f"  (attempts: {row['attempts']})")
             return row
         if elapsed > timeout:
             console.status(None)
@@ -146,7 +161,13 @@ def run_demo(settings: Settings, console: Console, options: StackOptions) -> int
             f"Mini App (role authenticated, telegram_id {user.telegram_id}): requested a plan for "
             f"{lead['full_name']} ({lead['company']})\n  request {request_id}"
         )
-        row = follow_request(app, request_id, console, generation_timeout)
+        relay = stack.relay
+        queued = (
+            (lambda: relay.answers.get(str(request_id)) == "queued")
+            if relay is not None and options.dispatch == "cloud-tasks"
+            else None
+        )
+        row = follow_request(app, request_id, console, generation_timeout, queued=queued)
         if row["status"] != "completed":
             console.line(f"\nthe request failed: {row['error']}")
             return 1

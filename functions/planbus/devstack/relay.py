@@ -1,12 +1,13 @@
 """The local database webhook: what Supabase's pg_net does in the cloud, done from a LISTEN connection.
 
-The trigger on `plan_requests` sends its Supabase-format payload with pg_notify('planbus_events') when
-neither pg_net nor realtime.publish exists. The relay POSTs each payload, unchanged, to
-`handle_plan_request` with the shared secret in `X-Webhook-Secret`. Unlike pg_net it retries a failed
+The trigger on every request kind's table sends its Supabase-format payload with
+pg_notify('planbus_events') when neither pg_net nor realtime.publish exists. The relay POSTs each
+payload, unchanged, to the webhook of the table it names (`targets`: table -> URL, e.g. plan_requests ->
+handle_plan_request) with the shared secret in `X-Webhook-Secret`. Unlike pg_net it retries a failed
 delivery (connection refused while a server restarts, a timeout, a 5xx) a few times with backoff, and on
-every (re)connect it re-delivers the rows still pending, since notifications sent while it was away are
-lost. A delivery is only a hint: the function claims rows atomically, so a duplicate is answered `skipped`,
-and anything the relay gives up on is left to the sweeper (`reset_stale_requests`).
+every (re)connect it re-delivers the rows of every kind still pending, since notifications sent while it
+was away are lost. A delivery is only a hint: the function claims rows atomically, so a duplicate is
+answered `skipped`, and anything the relay gives up on is left to the sweeper (`reset_stale_requests`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import json
 import random
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from psycopg import sql
 
 from planbus.devstack.console import Console
 from planbus.devstack.listener import Connection, Listener
+from planbus.kinds import kind_for_table
 
 CHANNEL = "planbus_events"
 ATTEMPTS = 5
@@ -29,18 +33,20 @@ BASE_DELAY = 0.5
 # How many pending rows one catch-up re-delivers; the sweeper covers anything beyond.
 CATCH_UP_LIMIT = 500
 
-PENDING_RECORDS = """
-SELECT to_jsonb(p) FROM public.plan_requests p
- WHERE p.id IN (SELECT jsonb_array_elements_text(public.planbus_find_lost_requests(0, %s))::uuid)
+# The pending rows of one kind, oldest first, as the trigger would have sent them.
+PENDING_RECORDS = sql.SQL("""
+SELECT to_jsonb(p) FROM public.{table} p
+ WHERE p.id IN (SELECT (lost ->> 'id')::uuid
+                  FROM jsonb_array_elements(public.planbus_find_lost_requests({kind}, 0, %s)) AS lost)
  ORDER BY p.created_at
-"""
+""")
 
 
-def insert_payload(record: dict[str, Any]) -> dict[str, Any]:
-    """The Supabase database-webhook body for an INSERT on plan_requests."""
+def insert_payload(table: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The Supabase database-webhook body for an INSERT on public.<table>."""
     return {
         "type": "INSERT",
-        "table": "plan_requests",
+        "table": table,
         "schema": "public",
         "record": record,
         "old_record": None,
@@ -48,12 +54,13 @@ def insert_payload(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class WebhookRelay:
-    """Forwards `planbus_events` notifications to the webhook URL, with retries; counts what it did."""
+    """Forwards `planbus_events` notifications to the webhook of the table each names, with retries;
+    counts what it did. `targets` maps a request table to its webhook URL."""
 
     def __init__(
         self,
         database_url: str,
-        target_url: str,
+        targets: Mapping[str, str],
         secret: str,
         *,
         console: Console,
@@ -62,12 +69,13 @@ class WebhookRelay:
         timeout: float = 30.0,
         concurrency: int = 8,
     ) -> None:
-        self.target_url = target_url
+        self.targets = dict(targets)
         self.console = console
         self.attempts = attempts
         self.base_delay = base_delay
         self.delivered = 0
         self.given_up = 0
+        self.answers: dict[str, str] = {}  # request id -> the outcome its webhook last answered
         self._headers = {"Content-Type": "application/json", "X-Webhook-Secret": secret}
         self._client = httpx.Client(timeout=timeout)
         # Deliveries run side by side, as pg_net's background worker sends them: one slow LLM call must not
@@ -89,23 +97,35 @@ class WebhookRelay:
         self._client.close()
 
     def _catch_up(self, conn: Connection, first: bool) -> None:
-        records = [row[0] for row in conn.execute(PENDING_RECORDS, (CATCH_UP_LIMIT,)).fetchall()]
-        if records:
+        payloads = []
+        for table in self.targets:
+            kind = kind_for_table(table)
+            if kind is None:
+                continue
+            query = PENDING_RECORDS.format(table=sql.Identifier(table), kind=sql.Literal(kind.name))
+            payloads += [insert_payload(table, row[0]) for row in conn.execute(query, (CATCH_UP_LIMIT,))]
+        if payloads:
             what = "pending before the relay started" if first else "pending after a reconnect"
-            self.console.event("relay", "INFO", f"re-delivering {len(records)} request(s) {what}")
-        for record in records:
-            self._submit(json.dumps(insert_payload(record), default=str))
+            self.console.event("relay", "INFO", f"re-delivering {len(payloads)} request(s) {what}")
+        for payload in payloads:
+            self._submit(json.dumps(payload, default=str))
 
     def _submit(self, payload: str) -> None:
-        if not self._stop.is_set():
-            self._pool.submit(self._deliver, payload)
+        if self._stop.is_set():
+            return
+        table = _table(payload)
+        url = self.targets.get(table or "")
+        if url is None:
+            self.console.event("relay", "WARNING", f"no webhook for events on {table!r}: not delivered")
+            return
+        self._pool.submit(self._deliver, url, payload)
 
-    def _deliver(self, payload: str) -> None:
+    def _deliver(self, url: str, payload: str) -> None:
         request_id = _request_id(payload)
         for attempt in range(1, self.attempts + 1):
             started = time.monotonic()
             try:
-                response = self._client.post(self.target_url, content=payload, headers=self._headers)
+                response = self._client.post(url, content=payload, headers=self._headers)
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
             else:
@@ -153,6 +173,9 @@ class WebhookRelay:
                 answer=answer,
             )
             return
+        if request_id is not None and isinstance(answer.get("outcome"), str):
+            with self._count_lock:
+                self.answers[request_id] = answer["outcome"]
         self.console.event(
             "relay",
             "INFO",
@@ -161,6 +184,14 @@ class WebhookRelay:
             ms=elapsed_ms,
             reason=answer.get("reason"),
         )
+
+
+def _table(payload: str) -> str | None:
+    try:
+        table = json.loads(payload).get("table")
+    except (ValueError, AttributeError):
+        return None
+    return table if isinstance(table, str) else None
 
 
 def _request_id(payload: str) -> str | None:

@@ -11,6 +11,8 @@ from typing import Any
 from planbus.models import PlanResult
 
 STAGES = ("pending", "processing", "completed")
+# With Cloud Tasks a pending request whose webhook has answered is waiting in the queue.
+QUEUED_STAGES = ("pending", "queued", "processing", "completed")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, width: int | None = None) -> str:
@@ -67,9 +69,9 @@ def reminder_table(reminders: Sequence[dict[str, Any]], *, width: int | None = N
     return table(["step", "due", "status", "text"], rows, width=width)
 
 
-def progress_line(status: str, elapsed: float, *, spinner: str = "") -> str:
+def progress_line(status: str, elapsed: float, *, spinner: str = "", stages: Sequence[str] = STAGES) -> str:
     """`● pending ─ ◉ processing ─ ○ completed   0.4 s`: done, current and future stages."""
-    stages = (*STAGES[:2], "failed") if status == "failed" else STAGES
+    stages = (*stages[:-1], "failed") if status == "failed" else tuple(stages)
     current = stages.index(status) if status in stages else 0
     marks = []
     for index, stage in enumerate(stages):
@@ -79,9 +81,9 @@ def progress_line(status: str, elapsed: float, *, spinner: str = "") -> str:
     return f"  {prefix}{' ─ '.join(marks)}   {elapsed:.1f} s"
 
 
-def timeline(seen: dict[str, float], final: str) -> str:
+def timeline(seen: dict[str, float], final: str, *, stages: Sequence[str] = STAGES) -> str:
     """`pending 0.00 s → processing 0.04 s → completed 0.19 s`, naming stages passed between two polls."""
-    stages = (*STAGES[:2], final) if final in ("completed", "failed") else STAGES
+    stages = (*stages[:-1], final) if final in ("completed", "failed") else tuple(stages)
     parts = []
     for stage in stages:
         at = seen.get(stage)

@@ -24,8 +24,10 @@ from planbus.devstack.relay import WebhookRelay
 from planbus.devstack.scheduler import Job, Scheduler
 from planbus.devstack.sink import TelegramSink
 from planbus.devstack.supervisor import ManagedProcess, free_port, http_ready
+from planbus.devstack.tasks_emulator import Dispatch, LocalDispatch, Worker
 from planbus.embedded import EmbeddedPostgres
 from planbus.errors import ConfigurationError
+from planbus.kinds import KINDS
 from planbus.migrate import default_migrations_dir, migrate
 from planbus.settings import Settings
 
@@ -50,6 +52,7 @@ class StackOptions:
     sweep_every: float = 30.0
     host: str = "127.0.0.1"
     state_file: Path | None = None
+    dispatch: Dispatch = "cloud-tasks"  # the emulator and the workers, as deployed; or "inline"
 
 
 class Stack:
@@ -72,6 +75,13 @@ class Stack:
         self.sink: TelegramSink | None = None
         self.relay: WebhookRelay | None = None
         self.scheduler: Scheduler | None = None
+        self.dispatch = LocalDispatch(
+            options.dispatch,
+            console,
+            functions=options.functions,
+            workers=[Worker(k.handle_target, k.process_target, k.worker_url_setting.upper()) for k in KINDS],
+            host=options.host,
+        )
         self.applied: list[str] = []
         self._lock: DataDirLock | None = None
         self._embedded_up = False
@@ -88,18 +98,23 @@ class Stack:
         self.stop()
 
     def start(self) -> None:
-        """Database, migrations, sink, function servers, relay, scheduler: each ready before the next."""
+        """Task queue, database, migrations, sink, function servers, relay, scheduler: each ready before the
+        next."""
+        self.dispatch.start(self.settings)
         if not self.database_url:
             self._start_embedded()
         self.applied = migrate(self.database_url)
         self.sink = TelegramSink(self.database_url, console=self.console)
         self.sink.start()
         self._start_servers()
-        if "handle_plan_request" in self.urls:
+        targets = {
+            kind.table: self.urls[kind.handle_target] for kind in KINDS if kind.handle_target in self.urls
+        }
+        if targets:
             # A delivery waits as long as a claim can hold (an LLM call included) before it counts as failed.
             self.relay = WebhookRelay(
                 self.database_url,
-                self.urls["handle_plan_request"],
+                targets,
                 self.secret,
                 console=self.console,
                 timeout=self.settings.lease_seconds + 10,
@@ -134,6 +149,7 @@ class Stack:
             if part is not None:
                 attempt(part.stop)
         self.scheduler = self.relay = None
+        attempt(self.dispatch.stop)
         if self.servers:
             with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
                 for future in [pool.submit(server.stop) for server in self.servers.values()]:
@@ -172,7 +188,7 @@ class Stack:
             # The functions must use the database the relay listens on, not a remote project's REST API.
             env.pop("SUPABASE_URL", None)
             env.pop("SUPABASE_SERVICE_ROLE_KEY", None)
-        return env
+        return self.dispatch.environment(env, self.urls)
 
     def _start_embedded(self) -> None:
         if self.settings.supabase_url:
@@ -192,10 +208,11 @@ class Stack:
             mark_initialised(data_dir)
 
     def _start_servers(self) -> None:
+        # Every URL first: with Cloud Tasks each server is told where the workers are.
+        for name in self.dispatch.targets:
+            self.urls[name] = f"http://{self.options.host}:{free_port(self.options.host)}"
         env = self.child_environment()
-        for name in self.options.functions:
-            url = f"http://{self.options.host}:{free_port(self.options.host)}"
-            self.urls[name] = url
+        for name, url in self.urls.items():
             self.servers[name] = ManagedProcess(
                 name,
                 server_command(name, self.options.source, self.options.host, int(url.rsplit(":", 1)[1])),
@@ -226,6 +243,7 @@ class Stack:
                 f"  {'scheduler':<21} "
                 + ", ".join(f"{job.name} every {job.every:g} s" for job in self.scheduler.jobs.values())
             )
+        lines.extend(self.dispatch.describe())
         lines.append(f"  {'telegram sink':<21} LISTEN planbus_outbox")
         migrations = f"applied {len(self.applied)}, last {self.applied[-1]}" if self.applied else "up to date"
         lines.append(f"  {'migrations':<21} {migrations}")
@@ -237,6 +255,7 @@ class Stack:
             "pid": os.getpid(),
             "database_url": safe_url(self.database_url),
             "embedded": self.embedded is not None,
+            "dispatch": self.dispatch.state(),
             "functions": {
                 name: {"url": self.urls[name], "pid": server.pid, "restarts": server.restarts}
                 for name, server in self.servers.items()

@@ -109,17 +109,27 @@ class OpenAIGenerator:
     def _openai(self) -> OpenAI:
         with self._lock:
             if self._client is None:
-                from openai import OpenAI
-
-                # Retries are ours (one budget for all tries); the client must not add its own.
-                self._client = OpenAI(
+                self._client = openai_client(
                     api_key=self._api_key,
                     base_url=self._base_url,
                     timeout=self.timeout,
-                    max_retries=0,
                     http_client=self._http_client,
                 )
             return self._client
+
+
+def openai_client(*, api_key: str, base_url: str | None, timeout: float, http_client: Any | None) -> OpenAI:
+    """An OpenAI client for planbus's generators (imports the openai package on first use)."""
+    from openai import OpenAI
+
+    # Retries are ours (one budget for all tries); the client must not add its own.
+    return OpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=0,
+        http_client=http_client,
+    )
 
 
 def _read(completion: ParsedChatCompletion[EngagementPlan]) -> Generation:
