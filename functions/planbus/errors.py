@@ -8,7 +8,8 @@ The tree, and what an HTTP entry point answers for each:
     - DatabaseUnavailable: the database could not be reached or dropped the connection (503)
     - UniqueViolation: 23505, e.g. a second active request for one lead
     - LimitExceeded: PT429, a user's daily plan-request limit
-  - GenerationError: the LLM gave no valid plan; `retryable` for timeouts, 429 and 5xx (written to the row)
+  - GenerationError: the LLM gave no valid plan; `retryable` for timeouts, 429 and 5xx, with `retry_after`
+    when the provider said when to come back (written to the row)
   - DeliveryError: Telegram did not take a message; `permanent` or `retry_after` (written to the reminder)
 """
 
@@ -44,11 +45,16 @@ class LimitExceeded(DatabaseError):
 
 
 class GenerationError(PlanbusError):
-    """The plan generator failed; `retryable` says whether another attempt may succeed."""
+    """The plan generator failed; `retryable` says whether another attempt may succeed.
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    `retry_after` is how many seconds the provider asked to wait before the next attempt (its Retry-After,
+    capped at an hour), or None when it did not say: the next attempt should come no earlier.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class DeliveryError(PlanbusError):
