@@ -142,12 +142,40 @@ def test_a_persistently_failing_api_is_called_once_per_attempt(status: int) -> N
 
 
 def test_a_503_carries_its_retry_after_in_milliseconds_in_preference_to_seconds() -> None:
-    fake = FakeOpenAI(api_error(503, "Overloaded", headers={"retry-after-ms": "1500", "retry-after": "9"}))
+    fake = FakeOpenAI(api_error(503, "Overloaded", headers={"retry-after-ms": "2500", "retry-after": "1"}))
     error = failure(fake)
 
-    assert error.retry_after == 1.5
-    assert str(error) == "OpenAI answered 503: Overloaded (retry after 1.5 s)"
+    assert error.retry_after == 2.5
+    assert str(error) == "OpenAI answered 503: Overloaded (retry after 2.5 s)"
     assert len(fake.requests) == 1
+
+
+def test_a_short_retry_after_is_waited_out_once_inside_the_call() -> None:
+    fake = FakeOpenAI(
+        api_error(429, "Rate limit reached for tokens", headers={"retry-after-ms": "300"}),
+        completion(VALID_PLAN),
+    )
+    made, slept = generator(fake)
+
+    generation = made.generate(LEAD, today=TODAY)
+
+    assert generation.plan.steps[0].channel == "telegram"
+    assert len(fake.requests) == 2
+    assert slept == [0.3]
+
+
+def test_a_persistent_short_retry_after_costs_two_calls_and_is_carried() -> None:
+    fake = FakeOpenAI(api_error(429, "Rate limit reached for tokens", headers={"retry-after-ms": "300"}))
+    made, slept = generator(fake)
+    with pytest.raises(GenerationError) as caught:
+        made.generate(LEAD, today=TODAY)
+
+    assert len(fake.requests) == 2
+    assert slept == [0.3]
+    assert caught.value.retry_after == 0.3
+    assert str(caught.value) == (
+        "OpenAI answered 429: Rate limit reached for tokens (retry after 0.3 s) (after 2 tries)"
+    )
 
 
 def test_a_retry_after_given_as_an_http_date_counts_from_now() -> None:

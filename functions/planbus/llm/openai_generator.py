@@ -2,13 +2,15 @@
 
 OPENAI_TIMEOUT bounds the whole call, retries included, so a claim (LEASE_SECONDS, always longer) outlives
 it. A request has one retry budget, kept by the queue: at most MAX_ATTEMPTS attempts, each one call to
-the API, plus at most one quick retry inside an attempt when the API could not be reached at all (a
-refused or dropped connection: the server did no work, and a fresh connection usually gets through).
-Everything else transient (a timeout, 408, 409, 429, 5xx) ends the attempt as retryable, so a failing
-provider sees one call per attempt. A 429 or 503 that says when to come back (`retry-after-ms` or
-`retry-after`, seconds or an HTTP date, capped at an hour) carries it as `GenerationError.retry_after` and
-in the message, for the queue to schedule the next attempt no earlier. Anything another try cannot fix (a
-refusal, a cut-off or filtered answer, output that fails validation, another 4xx) is permanent.
+the API plus at most one quick retry inside the attempt, taken only when the API was not reached at all (a
+refused or dropped connection: the server did no work) or asked to come back within
+MAX_IN_CALL_WAIT_SECONDS (a short Retry-After, as OpenAI's token limits send). Everything else transient
+(a timeout, 408, 409, 5xx, a longer Retry-After) ends the attempt as retryable, so a failing provider
+sees at most two calls per attempt, and one when it keeps answering 5xx or asks for a longer pause.
+A 429 or 503 that says when to come back (`retry-after-ms` or `retry-after`, seconds or an HTTP date,
+capped at an hour) carries it as `GenerationError.retry_after` and in the message, for the queue to
+schedule the next attempt no earlier. Anything another try cannot fix (a refusal, a cut-off or filtered
+answer, output that fails validation, another 4xx) is permanent.
 The openai package is imported on first use: it costs about a second, which a cold start should not pay
 when the offline generator or another target is in use.
 """
@@ -35,8 +37,10 @@ if TYPE_CHECKING:
     from openai import OpenAI
     from openai.types.chat import ParsedChatCompletion
 
-# Tries within one attempt, for a connection error only: the first and one quick retry.
+# Tries within one attempt: the first, and one quick retry for an unreached API or a short Retry-After.
 MAX_TRIES = 2
+# The longest Retry-After waited out inside a call; a longer one is left to the queue.
+MAX_IN_CALL_WAIT_SECONDS = 2.0
 MAX_ERROR_LENGTH = 500
 # The longest Retry-After honoured: a server asking for more is asked again after an hour.
 MAX_RETRY_AFTER_SECONDS = 3600.0
@@ -105,9 +109,9 @@ class OpenAIGenerator:
             except GenerationError:
                 raise
             except Exception as exc:
-                error, _ = classify(exc, self.timeout)
-                delay = self._delay(tries)
-                if not _unreachable(exc) or tries >= self._max_tries or time.monotonic() + delay >= deadline:
+                error, retry_after = classify(exc, self.timeout)
+                delay = self._quick_retry_delay(exc, retry_after, tries)
+                if delay is None or tries >= self._max_tries or time.monotonic() + delay >= deadline:
                     if tries > 1:
                         error = GenerationError(
                             f"{error} (after {tries} tries)",
@@ -117,8 +121,13 @@ class OpenAIGenerator:
                     raise error from exc
                 self._sleep(delay)
 
-    def _delay(self, tries: int) -> float:
-        return self._backoff * 2.0 ** (tries - 1) * random.uniform(0.8, 1.2)
+    def _quick_retry_delay(self, exc: Exception, retry_after: float | None, tries: int) -> float | None:
+        """How long to wait before trying again within this attempt, or None to end the attempt."""
+        if retry_after is not None:
+            return retry_after if retry_after <= MAX_IN_CALL_WAIT_SECONDS else None
+        if _unreachable(exc):
+            return self._backoff * 2.0 ** (tries - 1) * random.uniform(0.8, 1.2)
+        return None
 
     def _openai(self) -> OpenAI:
         with self._lock:
