@@ -51,11 +51,11 @@ def handle_plan_request(request: flask.Request) -> Response:
 
     def work() -> Response:
         settings = bootstrap.settings()
-        refusal = _refusal("handle_plan_request", request, PLAN_REQUEST_MAX_BODY, settings=settings)
+        refusal = _refusal("handle_plan_request", request, settings=settings)
         if refusal:
             return refusal
         try:
-            event = WebhookPayload.model_validate_json(request.get_data(cache=False))
+            event = WebhookPayload.model_validate_json(http.read_body(request, PLAN_REQUEST_MAX_BODY))
         except ValidationError as exc:
             return http.error(400, f"not a database webhook payload: {describe_errors(exc)}")
         request_id = event.request_id
@@ -128,15 +128,16 @@ def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, di
     No webhook secret: the caller proves who it is with initData signed by Telegram for this bot.
     """
     if request.method == "OPTIONS":
+        http.leave_unread(request)
         return "", 204, TELEGRAM_AUTH_CORS
 
     def work() -> Response:
-        refusal = _refusal("telegram_auth", request, TELEGRAM_AUTH_MAX_BODY, settings=None)
+        refusal = _refusal("telegram_auth", request, settings=None)
         if refusal:
             return refusal
         settings = bootstrap.settings()
         try:
-            body = TelegramAuthRequest.model_validate_json(request.get_data(cache=False))
+            body = TelegramAuthRequest.model_validate_json(http.read_body(request, TELEGRAM_AUTH_MAX_BODY))
             token = sign_in_with_telegram(
                 bootstrap.database(), SystemClock(), body.init_data, settings=settings
             )
@@ -162,10 +163,10 @@ def _scheduled(
 
     def work() -> Response:
         settings = bootstrap.settings()
-        refusal = _refusal(name, request, SCHEDULED_MAX_BODY, settings=settings)
+        refusal = _refusal(name, request, settings=settings)
         if refusal:
             return refusal
-        raw = request.get_data(cache=False)
+        raw = http.read_body(request, SCHEDULED_MAX_BODY)
         try:
             call = ScheduledCall.model_validate_json(raw) if raw.strip() else ScheduledCall()
         except ValidationError as exc:
@@ -177,17 +178,13 @@ def _scheduled(
     return _serve(name, request, work)
 
 
-def _refusal(
-    name: str, request: flask.Request, max_body: int, *, settings: Settings | None
-) -> Response | None:
-    """401 without the shared secret (when `settings` are given to check it), 405 unless POST, 400 when
-    the body is too large; None when the request may go on."""
+def _refusal(name: str, request: flask.Request, *, settings: Settings | None) -> Response | None:
+    """401 without the shared secret (when `settings` are given to check it), 405 unless POST; None when
+    the request may go on (its body is then read with `http.read_body`, which refuses one too large)."""
     if settings is not None and not http.is_authorized(request, settings):
         return http.error(401, "missing or wrong webhook secret")
     if request.method != "POST":
         return http.error(405, f"{name} takes POST")
-    if (request.content_length or 0) > max_body:
-        return http.error(400, f"body is larger than {max_body} bytes")
     return None
 
 
@@ -197,6 +194,8 @@ def _serve(name: str, request: flask.Request, work: Callable[[], Response]) -> R
     with logs.bind(**http.log_fields(request)):
         try:
             return work()
+        except http.BodyTooLarge as exc:
+            return http.error(400, str(exc))
         except ConfigurationError as exc:
             log.error("%s is not configured: %s", name, exc)
             return http.error(503, str(exc))
@@ -206,3 +205,5 @@ def _serve(name: str, request: flask.Request, work: Callable[[], Response]) -> R
         except DatabaseError as exc:
             log.error("database refused %s (SQLSTATE %s): %s", name, exc.sqlstate, exc)
             return http.error(500, "database error")
+        finally:
+            http.leave_unread(request)
