@@ -84,7 +84,7 @@ class ScheduledCall(BaseModel):
 def send_due_reminders(request: flask.Request) -> Response:
     """Scheduled: deliver due reminders over Telegram (or to the local outbox without a bot token).
 
-    200 {sent, failed, retried, deferred, rate_limited}; 401 without the secret; 400 for a body that is
+    200 {sent, failed, retried, deferred}; 401 without the secret; 400 for a body that is
     not empty or {"limit": n}; 503 when the database is unreachable or the function is not configured.
     """
 
