@@ -50,6 +50,8 @@ def library_with_its_own_handler() -> Iterator[logging.Logger]:
 def test_every_librarys_records_come_out_as_json_lines_with_their_severity(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # pytest resets the warnings module around every test: start warnings capture afresh, as a process does.
+    logging.captureWarnings(False)
     with library_with_its_own_handler() as own_handler:
         logs.configure("INFO")
         log_from_everywhere(own_handler)
