@@ -20,7 +20,7 @@ import flask
 import functions_framework
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from planbus import logs
+from planbus import http, logs
 from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
 from planbus.kinds import DRAFT, KINDS, PLAN, AnyKind
 from planbus.models import UUID_PATTERN, WebhookPayload, describe_errors
@@ -103,11 +103,11 @@ def _webhook(kind: AnyKind, request: flask.Request) -> Response:
         from planbus.services import requests
 
         settings = bootstrap.settings()
-        refusal = _refusal(kind.handle_target, request, WEBHOOK_MAX_BODY, settings=settings)
+        refusal = _refusal(kind.handle_target, request, settings=settings)
         if refusal:
             return refusal
         try:
-            event = WebhookPayload.for_table(request.get_data(cache=False), kind.table)
+            event = WebhookPayload.for_table(http.read_body(request, WEBHOOK_MAX_BODY), kind.table)
         except ValidationError as exc:
             return _error(400, f"not a database webhook payload: {describe_errors(exc)}")
         request_id = event.request_id_on(kind.table)
@@ -138,11 +138,11 @@ def _worker(kind: AnyKind, request: flask.Request) -> Response:
         from planbus import bootstrap
 
         settings = bootstrap.settings()
-        refusal = _refusal(kind.process_target, request, WORKER_MAX_BODY, settings=settings)
+        refusal = _refusal(kind.process_target, request, settings=settings)
         if refusal:
             return refusal
         try:
-            call = WorkerCall.model_validate_json(request.get_data(cache=False))
+            call = WorkerCall.model_validate_json(http.read_body(request, WORKER_MAX_BODY))
         except ValidationError as exc:
             return _error(400, f'body must be {{"request_id": "<uuid>"}}: {describe_errors(exc)}')
         outcome = _process(kind, call.request_id, settings, queue=bootstrap.task_queue(settings))
@@ -174,7 +174,7 @@ def _process(
 def send_due_reminders(request: flask.Request) -> Response:
     """Scheduled: deliver due reminders over Telegram (or to the local outbox without a bot token).
 
-    200 {sent, failed, retried, deferred, rate_limited}; 401 without the secret; 400 for a body that is
+    200 {sent, failed, retried, deferred}; 401 without the secret; 400 for a body that is
     not empty or {"limit": n}; 503 when the database is unreachable or the function is not configured.
     """
 
@@ -229,6 +229,7 @@ def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, di
     No webhook secret: the caller proves who it is with initData signed by Telegram for this bot.
     """
     if request.method == "OPTIONS":
+        http.leave_unread(request)
         return "", 204, TELEGRAM_AUTH_CORS
 
     def work() -> Response:
@@ -237,12 +238,12 @@ def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, di
         from planbus.initdata import InvalidInitData
         from planbus.services.auth import TelegramAuthRequest, sign_in_with_telegram
 
-        refusal = _refusal("telegram_auth", request, TELEGRAM_AUTH_MAX_BODY, settings=None)
+        refusal = _refusal("telegram_auth", request, settings=None)
         if refusal:
             return refusal
         settings = bootstrap.settings()
         try:
-            body = TelegramAuthRequest.model_validate_json(request.get_data(cache=False))
+            body = TelegramAuthRequest.model_validate_json(http.read_body(request, TELEGRAM_AUTH_MAX_BODY))
             token = sign_in_with_telegram(
                 bootstrap.database(), SystemClock(), body.init_data, settings=settings
             )
@@ -270,10 +271,10 @@ def _scheduled(
         from planbus import bootstrap
 
         settings = bootstrap.settings()
-        refusal = _refusal(name, request, SCHEDULED_MAX_BODY, settings=settings)
+        refusal = _refusal(name, request, settings=settings)
         if refusal:
             return refusal
-        raw = request.get_data(cache=False)
+        raw = http.read_body(request, SCHEDULED_MAX_BODY)
         try:
             call = ScheduledCall.model_validate_json(raw) if raw.strip() else ScheduledCall()
         except ValidationError as exc:
@@ -283,19 +284,13 @@ def _scheduled(
     return _serve(name, request, work)
 
 
-def _refusal(
-    name: str, request: flask.Request, max_body: int, *, settings: Settings | None
-) -> Response | None:
-    """401 without the shared secret (when `settings` are given to check it), 405 unless POST, 400 when
-    the body is too large; None when the request may go on."""
-    from planbus import http
-
+def _refusal(name: str, request: flask.Request, *, settings: Settings | None) -> Response | None:
+    """401 without the shared secret (when `settings` are given to check it), 405 unless POST; None when
+    the request may go on (its body is then read with `http.read_body`, which refuses one too large)."""
     if settings is not None and not http.is_authorized(request, settings):
         return _error(401, "missing or wrong webhook secret")
     if request.method != "POST":
         return _error(405, f"{name} takes POST")
-    if (request.content_length or 0) > max_body:
-        return _error(400, f"body is larger than {max_body} bytes")
     return None
 
 
@@ -305,12 +300,12 @@ def _error(status: int, message: str) -> Response:
 
 def _serve(name: str, request: flask.Request, work: Callable[[], Response]) -> Response:
     """Run an entry point's work with the request's log context, mapping infrastructure failures."""
-    from planbus import http
-
     log = logs.get_logger(name)
     with logs.bind(**http.log_fields(request)):
         try:
             return work()
+        except http.BodyTooLarge as exc:
+            return http.error(400, str(exc))
         except ConfigurationError as exc:
             log.error("%s is not configured: %s", name, exc)
             return _error(503, str(exc))
@@ -320,3 +315,5 @@ def _serve(name: str, request: flask.Request, work: Callable[[], Response]) -> R
         except DatabaseError as exc:
             log.error("database refused %s (SQLSTATE %s): %s", name, exc.sqlstate, exc)
             return _error(500, "database error")
+        finally:
+            http.leave_unread(request)

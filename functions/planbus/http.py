@@ -1,9 +1,11 @@
-"""What every HTTP entry point shares: the shared-secret check, JSON answers, and request log context."""
+"""What every HTTP entry point shares: the shared-secret check, a bounded body, JSON answers, and request
+log context."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Any
+import io
+from typing import IO, Any, cast
 from urllib.parse import unquote, urlsplit
 
 import flask
@@ -12,6 +14,83 @@ from planbus import logs
 from planbus.settings import Settings
 
 Response = tuple[dict[str, Any], int]
+
+# Bytes read from the request body at a time.
+READ_CHUNK_BYTES = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    """The request body is longer than the entry point accepts (answered 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class _BoundedBody(io.RawIOBase):
+    """A request body that ends after `limit + 1` bytes, however long the upload: one byte past the limit
+    is enough to know it is too large."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        super().__init__()
+        self._stream = stream
+        self._left = limit + 1
+
+    def readable(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        """End the body here: later reads get nothing."""
+        self._left = 0
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._left)
+        if wanted <= 0:
+            return 0
+        data = self._stream.read(wanted)
+        buffer[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
+def leave_unread(request: flask.Request) -> None:
+    """Read no more of this request's body, whoever asks: the entry point has answered.
+
+    functions-framework reads whatever is left of a body into memory once the function returns (so that a
+    client still sending sees the answer rather than a reset); for a refused upload of any size that would
+    be all of it. Every entry point calls this when it is done; what is left stays unread, and the server
+    drains a little of it and closes the connection.
+    """
+    _bounded(request, 0).stop()
+
+
+def _bounded(request: flask.Request, limit: int) -> _BoundedBody:
+    if not isinstance(request.stream, _BoundedBody):
+        request.stream = cast(IO[bytes], _BoundedBody(request.stream, limit))
+    return cast(_BoundedBody, request.stream)
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes, counted as they are read.
+
+    A `Content-Length` over the limit is refused before anything is read. A body without one (chunked
+    transfer encoding), or longer than it claims, is read in chunks and refused as soon as it passes the
+    limit; the rest is never read (see `leave_unread`), so any upload costs the worker at most `limit` plus
+    one chunk. Raises BodyTooLarge.
+    """
+    if (request.content_length or 0) > limit:
+        raise BodyTooLarge(limit)
+    stream = _bounded(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = stream.read(min(READ_CHUNK_BYTES, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
 
 
 def presented_secret(request: flask.Request) -> str | None:

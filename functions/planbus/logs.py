@@ -2,6 +2,8 @@
 
 Each line carries `severity`, `message`, the trace of the current HTTP request
 (`logging.googleapis.com/trace`) and planbus's own ids (request_id, reminder_id, ...) bound with `bind()`.
+Every library's records are written by the same formatter (`configure()`), so no line is plain text that
+Cloud Logging would show unstructured, with a guessed severity.
 
 Secrets never reach a log line. Every value registered with `register_secret` (the settings that hold
 secrets, see http.register_secrets) is masked, as written and in its URL-encoded and JSON-escaped forms:
@@ -80,10 +82,27 @@ def bind(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+# Cloud Logging's severities for Python's levels; a level below DEBUG (a library's own) has none.
+SEVERITIES = (
+    (logging.CRITICAL, "CRITICAL"),
+    (logging.ERROR, "ERROR"),
+    (logging.WARNING, "WARNING"),
+    (logging.INFO, "INFO"),
+    (logging.DEBUG, "DEBUG"),
+)
+
+
+def severity(levelno: int) -> str:
+    """The Cloud Logging severity of a Python log level: the named level at or below it, else DEFAULT."""
+    return next((name for floor, name in SEVERITIES if levelno >= floor), "DEFAULT")
+
+
 class JsonFormatter(logging.Formatter):
+    """One log record as one JSON object on one line (a message's newlines are escaped), secrets masked."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "severity": record.levelname,
+            "severity": severity(record.levelno),
             "message": record.getMessage(),
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "logger": record.name,
@@ -134,21 +153,49 @@ def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
 
 
 def configure(level: str = "INFO") -> None:
-    """Write planbus's logs to stdout as JSON lines; mask secrets in every logger's records (idempotent)."""
+    """Write every log record as a JSON line on stdout, planbus's and every library's; mask secrets in all
+    of them (idempotent: each entry point calls it on every request).
+
+    planbus's loggers log at `level`; other libraries at the root logger's level (WARNING unless something
+    set it), as before. Their records reach the one JSON formatter by either path a library may take:
+    - propagated to the root logger, whose console handler writes JSON (added here when the root has none,
+      e.g. psycopg's warnings; functions-framework installs one of its own when LOG_EXECUTION_ID is set,
+      which is then used rather than doubled);
+    - a console handler of a library's own logger (gunicorn's `gunicorn.error` in the worker, Flask's
+      default handler): its formatter is replaced with the JSON one.
+    Python warnings are logged too (`py.warnings`), instead of being printed as text.
+    """
     global _default_factory
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(level.upper())
-    if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
+    logging.getLogger(LOGGER_NAME).setLevel(level.upper())
+    root = logging.getLogger()
+    for handler in _console_handlers():
+        if not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(JsonFormatter())
+    if not any(h in root.handlers for h in _console_handlers()):
         handler = _StdoutHandler()
         handler.setFormatter(JsonFormatter())
-        logger.addHandler(handler)
-    logger.propagate = False
+        root.addHandler(handler)
+    logging.captureWarnings(True)
     with _secrets_lock:
         if _default_factory is None:
             _default_factory = logging.getLogRecordFactory()
             logging.setLogRecordFactory(_redacting_factory)
 
 
+def _console_handlers() -> list[logging.Handler]:
+    """Handlers that print to a console stream: plain StreamHandlers (not files, not test captures) and
+    ours, on the root logger or any logger made so far."""
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    return [
+        handler
+        for logger in loggers
+        for handler in logger.handlers
+        if type(handler) is logging.StreamHandler or isinstance(handler, _StdoutHandler)
+    ]
+
+
 def get_logger(name: str) -> logging.Logger:
-    """A child of the planbus logger (`planbus.<name>`), written as JSON lines by `configure()`."""
+    """A child of the planbus logger (`planbus.<name>`), written as JSON lines once `configure()` ran."""
     return logging.getLogger(f"{LOGGER_NAME}.{name}")

@@ -1,9 +1,15 @@
-"""Reminder delivery: the Telegram Bot API client, its rate limiter, and the local outbox.
+"""Reminder delivery: the Telegram Bot API client, the rate limits it sends under, and the local outbox.
 
-    Sender (the port services.reminders uses: wait for a send slot, send one message)
+    Sender (the port services.reminders uses: send one message, within the sender's `limits`)
     ├── TelegramSender   POST {TELEGRAM_API_BASE}/bot<token>/sendMessage over sync httpx
     └── OutboxSender     no TELEGRAM_BOT_TOKEN: the message is recorded in planbus_private.telegram_outbox
-                         (planbus_mark_reminder_sent with p_via 'outbox'), which the local sink shows
+                         (planbus_mark_reminder_sent with p_via 'outbox'), which the local sink shows;
+                         no limits
+
+Telegram's limits hold per bot, across every call and instance that sends for it, so they are kept in the
+database (migration 0011): SendBudget takes a slot there before each message (planbus_take_telegram_slot),
+spaces a chat's next message from the moment one was delivered (planbus_telegram_delivered), and pauses
+the bot for everyone after a 429 (planbus_pause_telegram).
 
 Telegram's answers become DeliveryError:
     200 {"ok": true}             delivered
@@ -17,12 +23,13 @@ The token is part of every request URL: it is kept out of error messages and out
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from planbus import logs
+from planbus.db import Database
 from planbus.errors import ConfigurationError, DeliveryError
 from planbus.settings import Settings
 
@@ -30,8 +37,11 @@ if TYPE_CHECKING:
     import httpx
 
 # Telegram asks for at most about 30 messages a second in total and one a second per chat. Slots are
-# spaced a little wider so that jitter between reserving a slot and the request arriving stays inside both.
-MESSAGES_PER_SECOND = 28.0
+# spaced wider, so that jitter between a slot and the request's arrival (a thread waking late, the
+# network) stays inside both: 40 ms apart puts at most 26 in any second, four short of 30 (measured on a
+# busy machine, arrivals lagged their slots by 3 to 100 ms; at 28/s, 29 slots fit in one second, and such
+# lags made 31); a chat's next slot counts from its last delivery (planbus_telegram_delivered).
+MESSAGES_PER_SECOND = 25.0
 CHAT_INTERVAL_SECONDS = 1.05
 SEND_TIMEOUT_SECONDS = 10.0
 # When a 429 comes without parameters.retry_after (it should not), wait this long.
@@ -40,14 +50,21 @@ DEFAULT_RETRY_AFTER_SECONDS = 5.0
 log = logs.get_logger("telegram")
 
 
+@dataclass(frozen=True)
+class SendLimits:
+    """The rate limits of one bot: `per_second` messages in total, one per `chat_interval` s to a chat."""
+
+    bot: str
+    per_second: float = MESSAGES_PER_SECOND
+    chat_interval: float = CHAT_INTERVAL_SECONDS
+
+
 class Sender(Protocol):
     """Where reminder messages go."""
 
     via: Literal["telegram", "outbox"]
-
-    def wait_turn(self, chat_id: int, within: float) -> bool:
-        """Wait for this chat's next send slot; False, at once, when it does not come within `within` s."""
-        ...
+    # The limits its sends must keep, shared with every other sender of the same bot; None: no limits.
+    limits: SendLimits | None
 
     def send(self, chat_id: int, text: str) -> None:
         """Deliver one message; raises DeliveryError (or ConfigurationError for a rejected token)."""
@@ -58,43 +75,55 @@ class Sender(Protocol):
         ...
 
 
-class RateLimiter:
-    """Spaces sends: at most `per_second` in total and one per `chat_interval` seconds to each chat.
+class SendBudget:
+    """One bot's limits, kept in the database for every sender of that bot in every process.
 
-    A slot is reserved under the lock and waited for outside it, so concurrent senders queue in order and
-    never overshoot; slots are spaced evenly rather than in bursts, as Telegram counts them.
+    `acquire` reserves the next slot for a chat (evenly spaced at `per_second` in total, `chat_interval`
+    apart per chat) and sleeps until it; slots are handed out in order across all callers, so overlapping
+    calls and instances add up to the limits, not past them.
     """
 
-    def __init__(
-        self,
-        per_second: float = MESSAGES_PER_SECOND,
-        chat_interval: float = CHAT_INTERVAL_SECONDS,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self._spacing = 1.0 / per_second
-        self._chat_interval = chat_interval
-        self._monotonic = monotonic
+    def __init__(self, db: Database, limits: SendLimits, *, sleep: Callable[[float], None] = time.sleep):
+        self._db = db
+        self.limits = limits
         self._sleep = sleep
-        self._lock = threading.Lock()
-        self._next_slot = 0.0
-        self._next_for_chat: dict[int, float] = {}
 
     def acquire(self, chat_id: int, within: float) -> bool:
-        """Take the next slot for `chat_id` if it comes within `within` seconds, sleeping until then."""
-        with self._lock:
-            now = self._monotonic()
-            at = max(now, self._next_slot, self._next_for_chat.get(chat_id, now))
-            if at - now > within:
-                return False
-            self._next_slot = at + self._spacing
-            self._next_for_chat[chat_id] = at + self._chat_interval
-            if len(self._next_for_chat) > 4096:
-                self._next_for_chat = {c: t for c, t in self._next_for_chat.items() if t > now}
-        if at > now:
-            self._sleep(at - now)
+        """Wait for and take the chat's next slot; False, at once and taking nothing, when it does not
+        come within `within` seconds."""
+        answer = self._db.call(
+            "planbus_take_telegram_slot",
+            p_bot=self.limits.bot,
+            p_chat_id=chat_id,
+            p_within_seconds=max(within, 0.0),
+            p_per_second=self.limits.per_second,
+            p_chat_interval_seconds=self.limits.chat_interval,
+        )
+        if not answer["granted"]:
+            return False
+        wait = float(answer["wait_seconds"])
+        if wait > 0:
+            self._sleep(wait)
         return True
+
+    def delivered(self, chat_id: int) -> None:
+        """A message reached the chat just now: its next one waits the chat interval from now, however
+        late this one went out."""
+        self._db.call(
+            "planbus_telegram_delivered",
+            p_bot=self.limits.bot,
+            p_chat_id=chat_id,
+            p_chat_interval_seconds=self.limits.chat_interval,
+        )
+
+    def pause(self, seconds: float) -> None:
+        """Telegram asked the bot to back off: no sender takes a slot for the next `seconds`."""
+        self._db.call("planbus_pause_telegram", p_bot=self.limits.bot, p_seconds=max(seconds, 0.0))
+
+
+def bot_id(token: str) -> str:
+    """The bot's numeric id, the part of its token before the colon (not secret: it is the bot's user id)."""
+    return token.split(":", 1)[0].strip() or "bot"
 
 
 class _HideTokens(logging.Filter):
@@ -118,7 +147,8 @@ _hide_tokens = _HideTokens()
 
 
 class TelegramSender:
-    """Sends messages with the Bot API's sendMessage, within Telegram's rate limits."""
+    """Sends messages with the Bot API's sendMessage; `limits` are Telegram's for this bot (its use case
+    keeps them with a SendBudget)."""
 
     via: Literal["telegram", "outbox"] = "telegram"
 
@@ -127,14 +157,15 @@ class TelegramSender:
         token: str,
         *,
         api_base: str = "https://api.telegram.org",
-        limiter: RateLimiter | None = None,
+        per_second: float = MESSAGES_PER_SECOND,
+        chat_interval: float = CHAT_INTERVAL_SECONDS,
         timeout: float = SEND_TIMEOUT_SECONDS,
     ) -> None:
         if not token:
             raise ConfigurationError("TELEGRAM_BOT_TOKEN is empty")
         self._token = token
         self._url = f"{api_base.rstrip('/')}/bot{token}/sendMessage"
-        self._limiter = limiter or RateLimiter()
+        self.limits: SendLimits | None = SendLimits(bot_id(token), per_second, chat_interval)
         import httpx  # only a function that sends to Telegram pays for it
 
         self._client = httpx.Client(timeout=timeout)
@@ -142,9 +173,6 @@ class TelegramSender:
         httpx_logger = logging.getLogger("httpx")
         if _hide_tokens not in httpx_logger.filters:
             httpx_logger.addFilter(_hide_tokens)
-
-    def wait_turn(self, chat_id: int, within: float) -> bool:
-        return self._limiter.acquire(chat_id, within)
 
     def send(self, chat_id: int, text: str) -> None:
         import httpx
@@ -190,9 +218,7 @@ class OutboxSender:
     """
 
     via: Literal["telegram", "outbox"] = "outbox"
-
-    def wait_turn(self, chat_id: int, within: float) -> bool:
-        return True
+    limits: SendLimits | None = None
 
     def send(self, chat_id: int, text: str) -> None:
         log.info(

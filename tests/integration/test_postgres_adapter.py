@@ -12,6 +12,7 @@ import pytest
 
 from planbus.db import connect
 from planbus.db.postgres import PostgresDatabase
+from planbus.db.retry import call_with_retry
 from planbus.errors import (
     ConfigurationError,
     DatabaseError,
@@ -194,3 +195,54 @@ def test_the_settings_choose_the_direct_adapter_for_database_url(
 def test_without_any_database_setting_the_adapter_refuses_clearly() -> None:
     with pytest.raises(ConfigurationError, match="set DATABASE_URL"):
         connect(get_settings())
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_call_waits_for_a_busy_connection_only_up_to_the_pool_timeout(database_url: str) -> None:
+    database = PostgresDatabase(database_url, max_size=1, timeout=0.3)
+    holder = threading.Thread(target=database.call, args=("planbus_test_sleep",), kwargs={"p_seconds": 1.5})
+    try:
+        holder.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match=r"no free database connection within 0\.3 s"):
+            database.call("planbus_test_echo", p_value=[1])
+        assert time.monotonic() - started < 1.0
+        holder.join()
+        assert database.call("planbus_test_echo", p_value=[2]) == [2]
+    finally:
+        database.close()
+
+
+def test_a_closed_adapter_refuses_calls_as_unavailable(database_url: str) -> None:
+    database = PostgresDatabase(database_url)
+    database.close()
+    with pytest.raises(DatabaseUnavailable, match="closed"):
+        database.call("planbus_find_lost_requests", p_grace_seconds=60, p_limit=1)
+
+
+COUNTED_FAILURE = """
+CREATE SEQUENCE planbus_test_calls;
+CREATE FUNCTION planbus_test_count_and_raise(p_sqlstate text) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM nextval('planbus_test_calls');
+  RAISE EXCEPTION 'raised %', p_sqlstate USING ERRCODE = p_sqlstate;
+END $$;
+"""
+
+
+@pytest.mark.parametrize("sqlstate", ["22023", "40001", "23505"])
+def test_the_bounded_retry_raises_any_other_error_at_once(
+    db: PostgresDatabase, sql: Conn, sqlstate: str
+) -> None:
+    sql.execute(COUNTED_FAILURE)
+    with pytest.raises(DatabaseError) as raised:
+        call_with_retry(db, "planbus_test_count_and_raise", retry_for=5, p_sqlstate=sqlstate)
+    assert raised.value.sqlstate == sqlstate
+    # A sequence is not rolled back with the failed call: it counts the calls made.
+    assert sql.execute("SELECT last_value AS n FROM planbus_test_calls").fetchone() == {"n": 1}
+
+
+@pytest.mark.usefixtures("echo")
+def test_the_bounded_retry_returns_the_answer_of_a_call_that_works(db: PostgresDatabase) -> None:
+    assert call_with_retry(db, "planbus_test_echo", retry_for=5, p_value={"ok": True}) == {"ok": True}

@@ -239,13 +239,17 @@ def draft_request_insert(sql: Sql) -> FirstRequest:
     assert row is not None
     record = json.loads(json.dumps(row, default=str))
     event = {"type": "INSERT", "table": "draft_requests", "schema": "public", "record": record}
-    return FirstRequest({**event, "old_record": None}, frozenset({"psycopg"}), answer={"outcome": "completed"})
+    return FirstRequest(
+        {**event, "old_record": None}, frozenset({"psycopg"}), answer={"outcome": "completed"}
+    )
 
 
 def plan_task(sql: Sql) -> FirstRequest:
     """A Cloud Tasks call for a pending plan request: claimed, planned offline, completed."""
     request = _pending(sql, 7601)
-    return FirstRequest({"request_id": str(request["id"])}, frozenset({"psycopg"}), answer={"outcome": "completed"})
+    return FirstRequest(
+        {"request_id": str(request["id"])}, frozenset({"psycopg"}), answer={"outcome": "completed"}
+    )
 
 
 def draft_task(sql: Sql) -> FirstRequest:

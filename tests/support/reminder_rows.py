@@ -18,7 +18,7 @@ import respx
 from psycopg.types.json import Jsonb
 
 from planbus.db.postgres import PostgresDatabase
-from planbus.telegram import RateLimiter, TelegramSender
+from planbus.telegram import TelegramSender
 
 TOKEN = "123456:SECRET-bot-token"
 BASE = "https://telegram.test"
@@ -90,8 +90,8 @@ def sent_messages(route: respx.Route) -> list[tuple[int, str]]:
 
 
 def fast_sender() -> TelegramSender:
-    """The real client, with its limiter opened up so tests do not wait."""
-    return TelegramSender(TOKEN, api_base=BASE, limiter=RateLimiter(per_second=1000, chat_interval=0))
+    """The real client, with its bot's limits opened up so tests do not wait."""
+    return TelegramSender(TOKEN, api_base=BASE, per_second=1000, chat_interval=0)
 
 
 def ok(request: httpx.Request) -> httpx.Response:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 import uuid
 from datetime import date
 from typing import Any
@@ -111,9 +113,47 @@ def test_a_valid_answer_becomes_a_plan_with_its_provenance() -> None:
     assert made.name == "openai"
 
 
-def test_a_rate_limit_is_retried_after_the_servers_retry_after() -> None:
+def test_a_persistent_rate_limit_costs_one_call_and_carries_the_servers_retry_after() -> None:
     fake = FakeOpenAI(
-        api_error(429, "Rate limit reached", code="rate_limit_exceeded", headers={"retry-after": "1.5"}),
+        api_error(429, "Rate limit reached", code="rate_limit_exceeded", headers={"retry-after": "30"})
+    )
+    made, slept = generator(fake)
+    with pytest.raises(GenerationError) as caught:
+        made.generate(LEAD, today=TODAY)
+
+    assert len(fake.requests) == 1
+    assert slept == []
+    assert caught.value.retryable
+    assert caught.value.retry_after == 30
+    assert str(caught.value) == "OpenAI answered 429: Rate limit reached (retry after 30 s)"
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
+def test_a_persistently_failing_api_is_called_once_per_attempt(status: int) -> None:
+    fake = FakeOpenAI(api_error(status, "The server is overloaded"))
+    made, slept = generator(fake, backoff=0.25)
+    with pytest.raises(GenerationError) as caught:
+        made.generate(LEAD, today=TODAY)
+
+    assert len(fake.requests) == 1
+    assert slept == []
+    assert caught.value.retryable
+    assert caught.value.retry_after is None
+    assert str(caught.value) == f"OpenAI answered {status}: The server is overloaded"
+
+
+def test_a_503_carries_its_retry_after_in_milliseconds_in_preference_to_seconds() -> None:
+    fake = FakeOpenAI(api_error(503, "Overloaded", headers={"retry-after-ms": "2500", "retry-after": "1"}))
+    error = failure(fake)
+
+    assert error.retry_after == 2.5
+    assert str(error) == "OpenAI answered 503: Overloaded (retry after 2.5 s)"
+    assert len(fake.requests) == 1
+
+
+def test_a_short_retry_after_is_waited_out_once_inside_the_call() -> None:
+    fake = FakeOpenAI(
+        api_error(429, "Rate limit reached for tokens", headers={"retry-after-ms": "300"}),
         completion(VALID_PLAN),
     )
     made, slept = generator(fake)
@@ -122,33 +162,90 @@ def test_a_rate_limit_is_retried_after_the_servers_retry_after() -> None:
 
     assert generation.plan.steps[0].channel == "telegram"
     assert len(fake.requests) == 2
-    assert slept == [1.5]
+    assert slept == [0.3]
 
 
-def test_server_errors_are_retried_with_backoff_then_reported_as_retryable() -> None:
-    fake = FakeOpenAI(api_error(503, "The server is overloaded"))
-    error = failure(fake, backoff=0.25)
+def test_a_persistent_short_retry_after_costs_two_calls_and_is_carried() -> None:
+    fake = FakeOpenAI(api_error(429, "Rate limit reached for tokens", headers={"retry-after-ms": "300"}))
+    made, slept = generator(fake)
+    with pytest.raises(GenerationError) as caught:
+        made.generate(LEAD, today=TODAY)
+
+    assert len(fake.requests) == 2
+    assert slept == [0.3]
+    assert caught.value.retry_after == 0.3
+    assert str(caught.value) == (
+        "OpenAI answered 429: Rate limit reached for tokens (retry after 0.3 s) (after 2 tries)"
+    )
+
+
+def test_a_retry_after_given_as_an_http_date_counts_from_now() -> None:
+    at = email.utils.formatdate(time.time() + 120, usegmt=True)
+    error = failure(FakeOpenAI(api_error(429, "Slow down", headers={"retry-after": at})))
+
+    assert error.retry_after is not None
+    assert 110 <= error.retry_after <= 121
+
+
+def test_a_retry_after_longer_than_an_hour_is_capped_and_says_what_was_asked() -> None:
+    error = failure(FakeOpenAI(api_error(429, "Slow down", headers={"retry-after": "7200"})))
+
+    assert error.retry_after == 3600
+    assert str(error) == "OpenAI answered 429: Slow down (retry after 3600 s; the server asked for 7200 s)"
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan", ""])
+def test_an_unreadable_retry_after_is_ignored(value: str) -> None:
+    error = failure(FakeOpenAI(api_error(429, "Slow down", headers={"retry-after": value})))
 
     assert error.retryable
-    assert str(error) == "OpenAI answered 503: The server is overloaded (after 3 tries)"
-    assert len(fake.requests) == 3
+    assert error.retry_after is None
+    assert str(error) == "OpenAI answered 429: Slow down"
 
 
-def test_backoff_grows_between_tries() -> None:
-    fake = FakeOpenAI(api_error(500, "boom"))
+def test_only_429_and_503_carry_a_retry_after() -> None:
+    error = failure(FakeOpenAI(api_error(500, "boom", headers={"retry-after": "30"})))
+
+    assert error.retryable
+    assert error.retry_after is None
+
+
+def test_a_long_api_message_is_clipped_but_keeps_the_retry_after() -> None:
+    error = failure(FakeOpenAI(api_error(429, "x" * 2000, headers={"retry-after": "12"})))
+
+    assert len(str(error)) == 500
+    assert str(error).endswith("… (retry after 12 s)")
+
+
+def test_a_connection_error_is_retried_once_after_a_short_pause() -> None:
+    fake = FakeOpenAI(httpx2.ConnectError("connection refused"), completion(VALID_PLAN))
     made, slept = generator(fake, backoff=1.0)
-    with pytest.raises(GenerationError):
-        made.generate(LEAD, today=TODAY)
-    assert len(slept) == 2
-    assert 0.8 <= slept[0] <= 1.2 and 1.6 <= slept[1] <= 2.4
+
+    generation = made.generate(LEAD, today=TODAY)
+
+    assert generation.plan.steps[0].channel == "telegram"
+    assert len(fake.requests) == 2
+    assert len(slept) == 1 and 0.8 <= slept[0] <= 1.2
+
+
+def test_a_persistent_connection_error_costs_two_calls_then_is_retryable() -> None:
+    fake = FakeOpenAI(httpx2.ConnectError("connection refused"))
+    error = failure(fake)
+
+    assert len(fake.requests) == 2
+    assert error.retryable
+    assert error.retry_after is None
+    assert str(error).startswith("could not reach OpenAI: Connection error.")
+    assert str(error).endswith("(after 2 tries)")
 
 
 def test_a_timeout_is_retryable_and_says_how_long_it_waited() -> None:
     fake = FakeOpenAI(timeout)
-    error = failure(fake, max_tries=1, timeout=7.5)
+    error = failure(fake, timeout=7.5)
 
     assert error.retryable
     assert str(error) == "OpenAI did not answer within 7.5 s"
+    assert len(fake.requests) == 1
 
 
 def test_a_connection_failure_is_retryable() -> None:
@@ -157,16 +254,14 @@ def test_a_connection_failure_is_retryable() -> None:
 
     assert error.retryable
     assert str(error).startswith("could not reach OpenAI: Connection error.")
+    assert len(fake.requests) == 1
 
 
-def test_a_retry_after_longer_than_the_budget_gives_up_at_once_as_retryable() -> None:
-    fake = FakeOpenAI(api_error(429, "Slow down", headers={"retry-after": "30"}))
-    made, slept = generator(fake, timeout=10.0)
-    with pytest.raises(GenerationError) as caught:
-        made.generate(LEAD, today=TODAY)
+def test_no_retry_when_the_pause_would_outlast_the_budget() -> None:
+    fake = FakeOpenAI(httpx2.ConnectError("connection refused"))
+    error = failure(fake, backoff=30.0, timeout=10.0)
 
-    assert caught.value.retryable
-    assert slept == []
+    assert error.retryable
     assert len(fake.requests) == 1
 
 
@@ -175,12 +270,12 @@ def test_each_try_gets_only_what_is_left_of_the_budget() -> None:
 
     def record_timeout(request: httpx2.Request) -> httpx2.Response:
         seen.append(request.extensions["timeout"]["read"])
-        return api_error(500, "boom")
+        raise httpx2.ConnectError("connection reset", request=request)
 
     made, _ = generator(FakeOpenAI(record_timeout), timeout=5.0)
     with pytest.raises(GenerationError):
         made.generate(LEAD, today=TODAY)
-    assert len(seen) == 3
+    assert len(seen) == 2
     assert all(0 < value <= 5.0 for value in seen)
     assert seen == sorted(seen, reverse=True)
 
@@ -240,10 +335,15 @@ def test_other_client_errors_fail_permanently() -> None:
 
 
 def test_an_exhausted_quota_is_not_retried() -> None:
-    fake = FakeOpenAI(api_error(429, "You exceeded your current quota", code="insufficient_quota"))
+    fake = FakeOpenAI(
+        api_error(
+            429, "You exceeded your current quota", code="insufficient_quota", headers={"retry-after": "5"}
+        )
+    )
     error = failure(fake)
 
     assert not error.retryable
+    assert error.retry_after is None
     assert len(fake.requests) == 1
 
 

@@ -1,8 +1,8 @@
-"""The Telegram sendMessage client: what it sends, how each answer maps, its rate limiter, and its secrecy."""
+"""The Telegram sendMessage client: what it sends, how each answer maps, the limits it declares, and its
+secrecy."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 
@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from planbus.errors import ConfigurationError, DeliveryError
 from planbus.settings import Settings
-from planbus.telegram import OutboxSender, RateLimiter, TelegramSender, make_sender
+from planbus.telegram import OutboxSender, SendLimits, TelegramSender, make_sender
 
 TOKEN = "123456:SECRET-bot-token"
 BASE = "https://telegram.test"
@@ -22,7 +22,7 @@ SEND_URL = f"{BASE}/bot{TOKEN}/sendMessage"
 
 @pytest.fixture
 def sender() -> TelegramSender:
-    return TelegramSender(TOKEN, api_base=BASE, limiter=RateLimiter(per_second=1000, chat_interval=0))
+    return TelegramSender(TOKEN, api_base=BASE)
 
 
 def answer(status: int, body: object) -> httpx.Response:
@@ -154,47 +154,11 @@ def test_with_a_token_telegram_is_the_sender() -> None:
     sender.close()
 
 
-class FakeTime:
-    """monotonic() and sleep() over a clock that only moves when slept."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-def test_the_limiter_spaces_sends_evenly_at_the_global_rate() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(per_second=10, chat_interval=1.0, monotonic=time.monotonic, sleep=time.sleep)
-    starts = []
-    for chat in range(25):
-        assert limiter.acquire(chat, within=60)
-        starts.append(time.now)
-    gaps = [round(b - a, 9) for a, b in itertools.pairwise(starts)]
-    assert gaps == [0.1] * 24
-
-
-def test_the_limiter_allows_one_message_per_interval_to_each_chat() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(per_second=1000, chat_interval=1.05, monotonic=time.monotonic, sleep=time.sleep)
-    assert limiter.acquire(7, within=60)
-    assert limiter.acquire(8, within=60)
-    first = time.now
-    assert limiter.acquire(7, within=60)
-    assert time.now - first == pytest.approx(1.05 - 0.001)
-
-
-def test_the_limiter_refuses_a_slot_beyond_the_deadline_without_taking_it() -> None:
-    time = FakeTime()
-    limiter = RateLimiter(per_second=1000, chat_interval=1.0, monotonic=time.monotonic, sleep=time.sleep)
-    assert limiter.acquire(7, within=5)
-    assert not limiter.acquire(7, within=0.5)
-    assert time.slept == []
-    assert limiter.acquire(8, within=0.5)
-    assert limiter.acquire(7, within=1.0)
+def test_a_bot_sender_declares_telegrams_limits_for_its_bot_and_the_outbox_none() -> None:
+    sender = TelegramSender(TOKEN, api_base=BASE)
+    assert sender.limits == SendLimits(bot="123456", per_second=25.0, chat_interval=1.05)
+    assert TelegramSender(TOKEN, api_base=BASE, per_second=5, chat_interval=2).limits == SendLimits(
+        bot="123456", per_second=5, chat_interval=2
+    )
+    assert OutboxSender().limits is None
+    sender.close()

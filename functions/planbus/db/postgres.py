@@ -1,9 +1,12 @@
 """The database port over psycopg 3 with a small connection pool (direct or pooled PostgreSQL).
 
-A connection that died while it sat in the pool (a restarted server, a failover, an idle timeout) is
-checked and replaced when it is taken out, so one outage does not poison later calls. A connection lost
-during a call surfaces as DatabaseUnavailable: the call's outcome is unknown, and every state transition
-is safe to call again.
+The pool (planbus.db.pool) fails fast while the server is down: after a failed connect, calls are
+DatabaseUnavailable at once, and one connect every RETEST_SECONDS finds out when it is back, so a function
+answers 503 within moments of a request during an outage and serves again within moments of the server's
+return. A connection that died while it sat in the pool (a restarted server, a failover, an idle timeout)
+is checked and replaced when it is taken out. A connection lost during a call surfaces as
+DatabaseUnavailable: the call's outcome is unknown, and every state transition is safe to call again
+(planbus.db.retry repeats such a call while the database is unavailable, for calls that opt in).
 
 No statement is ever prepared on the server, so the adapter works through transaction-mode poolers
 (Supabase's Supavisor on port 6543, PgBouncer), where consecutive statements may reach different backends.
@@ -17,12 +20,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from planbus.db import translate_error
+from planbus.db.pool import ConnectionPool
 from planbus.errors import DatabaseError, DatabaseUnavailable
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+# libpq's shortest connect timeout (it reads 1 as 2): how long a connect to an unreachable host (no
+# answer at all, not a refusal) holds its caller before the call is DatabaseUnavailable.
+CONNECT_TIMEOUT_SECONDS = 2
+# While the database is down, one call at most this often tries to connect; the others fail at once.
+RETEST_SECONDS = 0.5
 
 
 def _adapt(value: Any) -> Any:
@@ -32,19 +40,22 @@ def _adapt(value: Any) -> Any:
 class PostgresDatabase:
     """Calls planbus SQL functions over a pooled psycopg connection in autocommit mode."""
 
-    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int = 4,
+        timeout: float = 10.0,
+        connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
+        retest_after: float = RETEST_SECONDS,
+    ) -> None:
+        """`timeout` bounds the wait for a connection that other calls are using, not an outage."""
         self._pool = ConnectionPool(
             url,
-            min_size=0,
             max_size=max_size,
             timeout=timeout,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(1, round(timeout)),
-                "prepare_threshold": None,
-            },
-            check=ConnectionPool.check_connection,
-            open=True,
+            retest_after=retest_after,
+            kwargs={"autocommit": True, "connect_timeout": connect_timeout, "prepare_threshold": None},
         )
 
     def call(self, function: str, /, **params: Any) -> Any:
@@ -60,8 +71,6 @@ class PostgresDatabase:
         try:
             with self._pool.connection() as conn:
                 row = conn.execute(query, {name: _adapt(v) for name, v in params.items()}).fetchone()
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable(f"no database connection within the pool timeout: {exc}") from exc
         except psycopg.Error as exc:
             raise translate(exc) from exc
         return None if row is None else row[0]

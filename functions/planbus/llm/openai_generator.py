@@ -1,15 +1,24 @@
 """The OpenAI generator: structured output parsed into the `Plan` model, under one time budget.
 
 OPENAI_TIMEOUT bounds the whole call, retries included, so a claim (LEASE_SECONDS, always longer) outlives
-it. Transient failures (timeout, connection, 429, 5xx) are retried here with backoff while the budget
-lasts, and reported as retryable so the request is tried again later; anything another try cannot fix (a
-refusal, a cut-off or filtered answer, output that fails validation, another 4xx) is permanent.
+it. A request has one retry budget, kept by the queue: at most MAX_ATTEMPTS attempts, each one call to
+the API plus at most one quick retry inside the attempt, taken only when the API was not reached at all (a
+refused or dropped connection: the server did no work) or asked to come back within
+MAX_IN_CALL_WAIT_SECONDS (a short Retry-After, as OpenAI's token limits send). Everything else transient
+(a timeout, 408, 409, 5xx, a longer Retry-After) ends the attempt as retryable, so a failing provider
+sees at most two calls per attempt, and one when it keeps answering 5xx or asks for a longer pause.
+A 429 or 503 that says when to come back (`retry-after-ms` or `retry-after`, seconds or an HTTP date,
+capped at an hour) carries it as `GenerationError.retry_after` and in the message, for the queue to
+schedule the next attempt no earlier. Anything another try cannot fix (a refusal, a cut-off or filtered
+answer, output that fails validation, another 4xx) is permanent.
 The openai package is imported on first use: it costs about a second, which a cold start should not pay
 when the offline generator or another target is in use.
 """
 
 from __future__ import annotations
 
+import email.utils
+import math
 import random
 import threading
 import time
@@ -28,8 +37,15 @@ if TYPE_CHECKING:
     from openai import OpenAI
     from openai.types.chat import ParsedChatCompletion
 
-MAX_TRIES = 3
+# Tries within one attempt: the first, and one quick retry for an unreached API or a short Retry-After.
+MAX_TRIES = 2
+# The longest Retry-After waited out inside a call; a longer one is left to the queue.
+MAX_IN_CALL_WAIT_SECONDS = 2.0
 MAX_ERROR_LENGTH = 500
+# The longest Retry-After honoured: a server asking for more is asked again after an hour.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+# Statuses whose Retry-After says when the API will take requests again.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 # Keywords strict structured outputs do not accept; the limits stay in the descriptions and are checked
 # when the answer is validated against `Plan`.
 UNSUPPORTED_SCHEMA_KEYWORDS = frozenset({"minLength", "maxLength"})
@@ -94,17 +110,24 @@ class OpenAIGenerator:
                 raise
             except Exception as exc:
                 error, retry_after = classify(exc, self.timeout)
-                delay = self._delay(tries, retry_after)
-                if not error.retryable or tries >= self._max_tries or time.monotonic() + delay >= deadline:
-                    if error.retryable and tries > 1:
-                        error = GenerationError(f"{error} (after {tries} tries)", retryable=True)
+                delay = self._quick_retry_delay(exc, retry_after, tries)
+                if delay is None or tries >= self._max_tries or time.monotonic() + delay >= deadline:
+                    if tries > 1:
+                        error = GenerationError(
+                            f"{error} (after {tries} tries)",
+                            retryable=error.retryable,
+                            retry_after=error.retry_after,
+                        )
                     raise error from exc
                 self._sleep(delay)
 
-    def _delay(self, tries: int, retry_after: float | None) -> float:
+    def _quick_retry_delay(self, exc: Exception, retry_after: float | None, tries: int) -> float | None:
+        """How long to wait before trying again within this attempt, or None to end the attempt."""
         if retry_after is not None:
-            return retry_after
-        return self._backoff * 2.0 ** (tries - 1) * random.uniform(0.8, 1.2)
+            return retry_after if retry_after <= MAX_IN_CALL_WAIT_SECONDS else None
+        if _unreachable(exc):
+            return self._backoff * 2.0 ** (tries - 1) * random.uniform(0.8, 1.2)
+        return None
 
     def _openai(self) -> OpenAI:
         with self._lock:
@@ -156,7 +179,11 @@ def _read(completion: ParsedChatCompletion[EngagementPlan]) -> Generation:
 
 
 def classify(exc: Exception, timeout: float) -> tuple[GenerationError, float | None]:
-    """Translate an exception from the openai client into a `GenerationError`, with any Retry-After."""
+    """Translate an exception from the openai client into a `GenerationError`, and its Retry-After.
+
+    The second value is the error's `retry_after`: seconds the server asked to wait (429 and 503 only,
+    capped at MAX_RETRY_AFTER_SECONDS), or None.
+    """
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
@@ -165,12 +192,22 @@ def classify(exc: Exception, timeout: float) -> tuple[GenerationError, float | N
         return GenerationError(_clip(f"could not reach OpenAI: {_cause(exc)}"), retryable=True), None
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        detail = _clip(f"OpenAI answered {status}: {_api_message(exc)}")
+        detail = f"OpenAI answered {status}: {_api_message(exc)}"
         if status == 429 and exc.code == "insufficient_quota":
-            return GenerationError(detail, retryable=False), None
+            return GenerationError(_clip(detail), retryable=False), None
         if status in (408, 409, 429) or status >= 500:
-            return GenerationError(detail, retryable=True), _retry_after(exc)
-        return GenerationError(detail, retryable=False), None
+            retry_after, asked = (
+                retry_after_seconds(exc.response.headers) if status in RETRY_AFTER_STATUSES else (None, None)
+            )
+            if retry_after is None:
+                return GenerationError(_clip(detail), retryable=True), None
+            note = f" (retry after {_seconds(retry_after)} s"
+            if asked is not None and asked > retry_after:
+                note += f"; the server asked for {_seconds(asked)} s"
+            note += ")"
+            message = _clip(detail, MAX_ERROR_LENGTH - len(note)) + note
+            return GenerationError(message, retryable=True, retry_after=retry_after), retry_after
+        return GenerationError(_clip(detail), retryable=False), None
     if isinstance(exc, openai.LengthFinishReasonError):
         return GenerationError(
             "the answer was cut off at the token limit before the plan was complete", retryable=False
@@ -195,14 +232,48 @@ def _api_message(exc: Any) -> str:
     return str(exc.message)
 
 
-def _retry_after(exc: Any) -> float | None:
-    value = exc.response.headers.get("retry-after")
+def retry_after_seconds(headers: Any) -> tuple[float | None, float | None]:
+    """(seconds to wait, capped at MAX_RETRY_AFTER_SECONDS; what the server asked) from an answer's headers.
+
+    `retry-after-ms` (OpenAI's, milliseconds) is preferred over `retry-after`, which is seconds or an HTTP
+    date. A header that is missing, unreadable, negative or not a number gives (None, None).
+    """
+    asked: float | None = None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            asked = float(value) * scale
+        except ValueError:
+            asked = _http_date_from_now(value) if name == "retry-after" else None
+        if asked is not None:
+            break
+    if asked is None or math.isnan(asked) or asked < 0:
+        return None, None
+    return min(asked, MAX_RETRY_AFTER_SECONDS), asked
+
+
+def _http_date_from_now(value: str) -> float | None:
     try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
-    # Honoured only when it fits the remaining budget; otherwise the request is retried later instead.
-    return seconds if seconds is not None and seconds >= 0 else None
+    if moment.tzinfo is None:
+        return None
+    return max(moment.timestamp() - time.time(), 0.0)
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The API was not reached (refused, reset, DNS): worth one quick retry. A timeout is not: it has used
+    the call's whole budget, and the server may still be working on the request."""
+    import openai
+
+    return isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
+
+
+def _seconds(value: float) -> str:
+    return f"{round(value, 1):g}"
 
 
 def _cause(exc: BaseException) -> str:
@@ -210,8 +281,8 @@ def _cause(exc: BaseException) -> str:
     return f"{exc} ({cause})" if cause is not None and str(cause) else str(exc)
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 1] + "…"
+def _clip(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _without_keywords(node: Any) -> Any:

@@ -1,16 +1,22 @@
 """send_due_reminders: deliver due reminders and record each outcome through the reminder state machine.
 
 Reminders are claimed in small batches (planbus_claim_due_reminders: FOR UPDATE SKIP LOCKED under a lease,
-at most one per chat), so concurrent calls never share one. Each is sent by a few worker threads behind the
-sender's rate limiter, and its outcome is recorded by one SQL function, fenced on the claim's attempt:
+at most one per chat), so concurrent calls never share one. Each is sent by a few worker threads, each
+message in a slot of the bot's budget in the database (telegram.SendBudget): Telegram's limits, about 30
+a second in total and one a second per chat, hold across overlapping calls and instances. Each outcome is
+recorded by one SQL function, fenced on the claim's attempt, and counted once:
 
-    delivered                    planbus_mark_reminder_sent (via 'telegram' or 'outbox')
-    429 retry_after              planbus_retry_reminder after retry_after, no attempt used; the rest of the
-                                 call backs off: claimed reminders go back unsent, nothing more is claimed
-    5xx, network error           planbus_retry_reminder with backoff, using an attempt (failed at the limit)
-    400, 403 (blocked, ...)      planbus_fail_reminder with Telegram's reason
-    time budget spent            planbus_retry_reminder at once, no attempt used; nothing more is claimed
-    401, 404 (token rejected)    every claimed reminder goes back unused; ConfigurationError is raised
+    delivered                    sent      planbus_mark_reminder_sent (via 'telegram' or 'outbox')
+    429 retry_after              retried   planbus_retry_reminder after retry_after, no attempt used; the
+                                           bot's budget is paused that long for every sender, and this
+                                           call backs off: claimed reminders go back unsent (deferred),
+                                           nothing more is claimed
+    5xx, network error           retried   planbus_retry_reminder with backoff, using an attempt (failed at
+                                           the limit)
+    400, 403 (blocked, ...)      failed    planbus_fail_reminder with Telegram's reason
+    no slot in time              deferred  planbus_retry_reminder at once, no attempt used; nothing more is
+                                           claimed (the call's time budget, or MAX_SLOT_WAIT_SECONDS, ran out)
+    401, 404 (token rejected)    deferred  every claimed reminder goes back unused; ConfigurationError
 
 A message that went out but could not be recorded (the database dropped) stays 'sending' until its lease
 expires and is then sent again: delivery is at least once, never silently lost.
@@ -31,7 +37,7 @@ from planbus.clock import Clock
 from planbus.db import Database
 from planbus.errors import ConfigurationError, DeliveryError
 from planbus.settings import Settings
-from planbus.telegram import Sender
+from planbus.telegram import SendBudget, Sender
 
 DEFAULT_LIMIT = 1000
 # About one second of sends at Telegram's global rate: claims stay short and concurrent calls share fairly.
@@ -42,19 +48,24 @@ SEND_CONCURRENCY = 8
 LEASE_MARGIN_SECONDS = 60
 # Telegram refuses messages longer than 4096 characters.
 MAX_MESSAGE_CHARS = 4096
+# The longest a message waits for its send slot. Queueing behind other senders takes a second or two; a
+# slot further away means the bot is paused after a 429, and the call hands its reminders back instead of
+# idling.
+MAX_SLOT_WAIT_SECONDS = 5.0
 
 log = logs.get_logger("reminders")
 
 
 @dataclass
 class ReminderCounts:
-    """What one call did: the contract's sent/failed/retried, plus reminders returned unsent."""
+    """What one call did with the reminders it claimed, each counted once: delivered (`sent`), failed for
+    good (`failed`), tried and rescheduled (`retried`: a transient error or a 429), or handed back untried
+    (`deferred`). The contract's answer is sent/failed/retried; deferred is planbus's addition."""
 
     sent: int = 0
     failed: int = 0
     retried: int = 0
     deferred: int = 0
-    rate_limited: int = 0
 
     def as_json(self) -> dict[str, int]:
         return asdict(self)
@@ -80,7 +91,8 @@ def send_due_reminders(
     db: Database, sender: Sender, clock: Clock, *, settings: Settings, limit: int | None = None
 ) -> ReminderCounts:
     """Deliver up to `limit` due reminders within settings.function_budget_seconds; return the counts."""
-    run = _Run(db, sender, clock, settings)
+    budget = SendBudget(db, sender.limits) if sender.limits is not None else None
+    run = _Run(db, sender, budget, clock, settings)
     wanted = DEFAULT_LIMIT if limit is None else limit
     lease = math.ceil(settings.function_budget_seconds) + LEASE_MARGIN_SECONDS
     with ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="reminders") as pool:
@@ -107,9 +119,12 @@ def send_due_reminders(
 class _Run:
     """One call's shared state: the deadline, the counts, and whether the call has stopped sending."""
 
-    def __init__(self, db: Database, sender: Sender, clock: Clock, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, sender: Sender, budget: SendBudget | None, clock: Clock, settings: Settings
+    ) -> None:
         self.db = db
         self.sender = sender
+        self.budget = budget
         self.clock = clock
         self.settings = settings
         self.deadline = clock.now() + timedelta(seconds=settings.function_budget_seconds)
@@ -141,10 +156,17 @@ class _Run:
         with logs.bind(reminder_id=reminder["id"], attempt=reminder["attempt"]):
             if self._stop_reason is None:
                 left = self.seconds_left()
-                if left <= 0 or not self.sender.wait_turn(chat_id, within=left):
-                    # Stop claiming too: reminders claimed now could only be handed back unsent.
-                    self.stop("the call's time budget ran out before it was sent")
-                    self.release(reminder, 0.0, "the call's time budget ran out before it was sent")
+                if left <= 0 or not self.take_slot(chat_id, within=left):
+                    reason = (
+                        "the call's time budget ran out before it was sent"
+                        if left <= MAX_SLOT_WAIT_SECONDS
+                        else f"no send slot within {MAX_SLOT_WAIT_SECONDS:g} s (the bot's limits are taken, "
+                        "or paused after a 429)"
+                    )
+                    # Stop claiming too: reminders claimed now could only be handed back unsent. A 429
+                    # another worker of this call met meanwhile gives the reason and the time to resume.
+                    self.stop(reason)
+                    self.release(reminder, self._resume_after, self._stop_reason or reason)
                     return
             # Checked again after the wait: another worker may have been told to back off meanwhile.
             if self._stop_reason is not None:
@@ -160,6 +182,9 @@ class _Run:
                 self.stop(str(exc))
                 self.release(reminder, 0.0, str(exc))
                 raise
+            # Before it is recorded: once it is, the chat's next reminder can be claimed.
+            if self.budget is not None:
+                self.budget.delivered(chat_id)
             answer = self.db.call(
                 "planbus_mark_reminder_sent",
                 p_reminder_id=reminder["id"],
@@ -171,9 +196,15 @@ class _Run:
                 log.warning("reminder delivered, but its claim was gone: %s", answer.get("reason"))
             self.count(sent=1)
 
+    def take_slot(self, chat_id: int, within: float) -> bool:
+        if self.budget is None:
+            return True
+        return self.budget.acquire(chat_id, within=min(within, MAX_SLOT_WAIT_SECONDS))
+
     def record_failure(self, reminder: dict[str, Any], exc: DeliveryError) -> None:
         if exc.retry_after is not None:
-            self.count(rate_limited=1)
+            if self.budget is not None:
+                self.budget.pause(exc.retry_after)
             self.stop(f"Telegram asked to back off: {exc}", exc.retry_after)
             answer = self.retry(reminder, exc.retry_after, str(exc), counts_as_attempt=False)
         elif exc.permanent:

@@ -1,4 +1,4 @@
-"""A local Telegram Bot API `sendMessage` that enforces Telegram's rate limits, for benchmarks and demos.
+"""A local Telegram Bot API `sendMessage` that enforces Telegram's rate limits, for tests and benchmarks.
 
     server = FakeTelegram("123:token", latency=0.05).start()   # server.base_url -> http://127.0.0.1:PORT
     ...                                                       # POST {base_url}/bot123:token/sendMessage
@@ -12,6 +12,7 @@ is answered 429 with `parameters.retry_after` (whole seconds, as Telegram sends 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -31,6 +32,24 @@ class Tally:
     @property
     def rejected(self) -> int:
         return self.over_global + self.over_chat
+
+    def min_chat_gap(self) -> float | None:
+        """The shortest time between two messages delivered to one chat (None if no chat got two)."""
+        times: dict[int, list[float]] = {}
+        for chat, _, at in self.delivered:
+            times.setdefault(chat, []).append(at)
+        gaps = [b - a for chat_times in times.values() for a, b in itertools.pairwise(sorted(chat_times))]
+        return min(gaps, default=None)
+
+    def busiest_second(self) -> int:
+        """The most messages delivered within any one second."""
+        times = sorted(at for _, _, at in self.delivered)
+        start, most = 0, 0
+        for end, at in enumerate(times):
+            while times[start] <= at - 1.0:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
 
 
 class FakeTelegram:
