@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from planbus.db import Database
+from planbus.db.retry import call_with_retry
 
 RequestStatus = Literal["pending", "processing", "completed", "failed"]
 
@@ -115,10 +116,20 @@ class RequestStates:
         return Claimed.model_validate(answer) if answer["claimed"] else NotClaimed.model_validate(answer)
 
     def complete(
-        self, request_id: str, attempt: int, result: dict[str, Any], completion: dict[str, Any]
+        self,
+        request_id: str,
+        attempt: int,
+        result: dict[str, Any],
+        completion: dict[str, Any],
+        *,
+        retry_for: float = 0.0,
     ) -> Completed | NotCompleted:
-        answer = self.db.call(
+        """Complete the claimed attempt; while the database is unreachable, try again for `retry_for`
+        seconds (the fence makes a repeat safe), so a finished result outlives a short outage."""
+        answer = call_with_retry(
+            self.db,
             "planbus_complete_request",
+            retry_for=retry_for,
             p_kind=self.kind,
             p_request_id=request_id,
             p_attempt=attempt,

@@ -12,15 +12,23 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from typing import Any
 
 import psycopg
 import pytest
 
+from planbus.clock import SystemClock
 from planbus.db.pool import ConnectionPool
 from planbus.db.postgres import RETEST_SECONDS, PostgresDatabase
 from planbus.db.retry import call_with_retry
 from planbus.errors import DatabaseUnavailable
+from planbus.kinds.plans import PLAN
+from planbus.llm import Generation
+from planbus.llm.offline import OfflineGenerator
+from planbus.models import LeadFacts
+from planbus.services.requests import process_request
+from planbus.settings import Settings
 from support.mini_app import client
 from support.outage import Answer, Answers, OutageServer, outage_server, summary
 
@@ -135,50 +143,57 @@ def test_while_the_database_is_down_one_connect_at_most_every_half_second_retest
     assert all(gap >= RETEST_SECONDS * 0.9 for gap in gaps), gaps
 
 
-def test_a_finished_plan_is_written_when_the_database_returns_within_the_retry_budget(
-    pg: OutageServer,
-) -> None:
+class OutageDuringGeneration:
+    """The offline plan generator, with the database stopped while it works and started 2 s later."""
+
+    name = "offline"
+
+    def __init__(self, pg: OutageServer) -> None:
+        self.pg = pg
+        self.restart = threading.Thread(target=self._restart_later)
+
+    def _restart_later(self) -> None:
+        time.sleep(2)
+        self.pg.start()
+
+    def generate(self, lead: LeadFacts, *, today: date) -> Generation:
+        self.pg.stop()
+        self.restart.start()
+        return OfflineGenerator().generate(lead, today=today)
+
+
+def test_a_finished_plan_is_written_when_the_database_returns_within_the_lease(pg: OutageServer) -> None:
     with psycopg.connect(pg.url, autocommit=True) as conn:
-        lead = conn.execute(
-            "INSERT INTO leads (telegram_id, full_name) VALUES (%s, 'Ada Lovelace') RETURNING id",
-            (uuid.uuid4().int % 10**9,),
-        ).fetchone()
-        assert lead is not None
         request = conn.execute(
-            "INSERT INTO plan_requests (lead_id, telegram_id) SELECT id, telegram_id FROM leads WHERE id = %s"
-            " RETURNING id",
-            (lead[0],),
+            "WITH lead AS (INSERT INTO leads (telegram_id, full_name) VALUES (%s, 'Ada Lovelace') "
+            "RETURNING id, telegram_id) "
+            "INSERT INTO plan_requests (lead_id, telegram_id) SELECT id, telegram_id FROM lead RETURNING id",
+            (uuid.uuid4().int % 10**9,),
         ).fetchone()
         assert request is not None
     request_id = str(request[0])
+    generator = OutageDuringGeneration(pg)
     db = PostgresDatabase(pg.url)
     try:
-        claim = db.call(
-            "planbus_claim_request", p_request_id=request_id, p_lease_seconds=120, p_max_attempts=3
-        )
-        pg.stop()
-        restarted = threading.Thread(target=lambda: (time.sleep(2), pg.start()))
-        restarted.start()
-        answer = call_with_retry(
-            db,
-            "planbus_complete_request",
-            retry_for=20,
-            p_request_id=request_id,
-            p_attempt=claim["attempt"],
-            p_result={"plan": {"summary": "written after the outage"}},
-            p_plan={"summary": "written after the outage"},
-            p_reminders=[],
+        outcome = process_request(
+            PLAN, db, generator, SystemClock(), request_id, settings=Settings(lease_seconds=120)
         )
         written_at = time.monotonic()
-        restarted.join()
+        generator.restart.join()
     finally:
         db.close()
 
-    assert answer["completed"] is True
+    assert outcome.outcome == "completed", outcome
     assert written_at - pg.ready_at < MAX_SECONDS_TO_FIRST_200
     with psycopg.connect(pg.url) as conn:
-        row = conn.execute("SELECT status, result FROM plan_requests WHERE id = %s", (request_id,)).fetchone()
-    assert row == ("completed", {"plan": {"summary": "written after the outage"}})
+        row = conn.execute(
+            "SELECT status, attempts FROM plan_requests WHERE id = %s", (request_id,)
+        ).fetchone()
+        reminders = conn.execute(
+            "SELECT count(*) FROM reminders WHERE plan_request_id = %s", (request_id,)
+        ).fetchone()
+    assert row == ("completed", 1)
+    assert reminders is not None and reminders[0] > 0
 
 
 def test_the_retry_gives_up_after_its_budget_with_database_unavailable(pg: OutageServer) -> None:
@@ -187,7 +202,9 @@ def test_the_retry_gives_up_after_its_budget_with_database_unavailable(pg: Outag
         pg.stop()
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable, match=r"gave up after \d+ tries over 1\.\d s"):
-            call_with_retry(db, "planbus_find_lost_requests", retry_for=1.5, p_grace_seconds=60, p_limit=1)
+            call_with_retry(
+                db, "planbus_find_lost_requests", retry_for=1.5, p_kind="plan", p_grace_seconds=60, p_limit=1
+            )
         elapsed = time.monotonic() - started
     finally:
         db.close()

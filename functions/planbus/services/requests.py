@@ -38,6 +38,8 @@ log = logs.get_logger("requests")
 # SQLSTATE classes worth another attempt: serialization failures and deadlocks (40), lock and statement
 # timeouts (55P03, 57014).
 TRANSIENT_SQLSTATES = ("40", "55P03", "57014")
+# A finished result is written again while the database is unreachable, until this close to the lease's end.
+COMPLETION_WRITE_MARGIN_SECONDS = 2.0
 
 
 def skipped_event(kind: AnyKind, event: WebhookPayload) -> RequestOutcome:
@@ -66,6 +68,7 @@ def process_request(
     kind.check(settings)  # a configuration error must not burn an attempt
     states = RequestStates(db, kind.name)
     with logs.bind(request_id=request_id, kind=kind.name):
+        claimed_at = time.monotonic()
         claim = states.claim(
             request_id, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
         )
@@ -73,7 +76,8 @@ def process_request(
             log.info("%s request not claimed", kind.name, extra={"fields": {"reason": claim.reason}})
             return RequestOutcome(request_id, "skipped", claim.reason)
         with logs.bind(attempt=claim.attempt, generator=generator.name):
-            return _Attempt(kind, states, request_id, claim, settings, queue).run(generator, clock)
+            attempt = _Attempt(kind, states, request_id, claim, claimed_at, settings, queue)
+            return attempt.run(generator, clock)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class _Attempt:
     states: RequestStates
     request_id: str
     claim: Claimed
+    claimed_at: float  # time.monotonic() when the claim was asked for: the lease runs from about then
     settings: Settings
     queue: TaskQueue | None
 
@@ -117,6 +122,12 @@ class _Attempt:
             )
         return self.complete(finished)
 
+    def lease_left(self) -> float:
+        """Seconds this attempt may still spend writing its result: the lease, less what has passed and a
+        margin for the write itself (past the lease the fence refuses it anyway)."""
+        passed = time.monotonic() - self.claimed_at
+        return max(0.0, self.settings.lease_seconds - passed - COMPLETION_WRITE_MARGIN_SECONDS)
+
     def complete(self, finished: Finished) -> RequestOutcome:
         kind = self.kind
         try:
@@ -125,6 +136,7 @@ class _Attempt:
                 self.claim.attempt,
                 finished.result.model_dump(mode="json"),
                 finished.completion,
+                retry_for=self.lease_left(),
             )
         except DatabaseUnavailable:
             raise
