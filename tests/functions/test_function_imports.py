@@ -1,6 +1,7 @@
 """A cold start of the functions module pays for neither openai nor supabase: they load only when used.
 
-The time it takes is measured by tests/bench/import_time.py, not asserted here.
+The time it takes is measured by tests/bench/bench_cold_start.py (`make bench ARGS="--only cold_start"`),
+not asserted here.
 """
 
 from __future__ import annotations
