@@ -54,7 +54,7 @@ def wait_until(check: Any, timeout: float) -> bool:
 
 
 def run(ctx: Context) -> Result:
-    n = ctx.size.pick(300, 40, 10)
+    n = ctx.size.pick(200, 40, 10)
     openai_timeout = ctx.size.pick(3.0, 1.5, 1.0)
     sweep_every = ctx.size.pick(2.0, 1.0, 0.5)
     drain = ctx.size is Size.FULL
