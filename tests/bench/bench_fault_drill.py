@@ -292,14 +292,17 @@ def latency_table(d: dict[str, Any]) -> Table:
     table = Table(
         "insert → completed during the drill",
         [
+            Column("requests", "requests"),
             Column("p50", "p50", "ms"),
             Column("p95", "p95", "ms"),
             Column("p99", "p99", "ms"),
             Column("max", "max", "ms"),
         ],
     )
-    table.add("every request", **spread(d["latencies"]))
-    table.add("inserted within 5 s of the restart", **spread(d["around_restart"]))
+    table.add("every request", requests=len(d["latencies"]), **spread(d["latencies"]))
+    table.add(
+        "inserted within 5 s of the restart", requests=len(d["around_restart"]), **spread(d["around_restart"])
+    )
     return table
 
 

@@ -3,9 +3,11 @@
 N due reminders over M chats (N/M each) are delivered to tests/bench/fake_telegram.py, which enforces
 Telegram's limits (30 messages/s in total, 1/s per chat) and answers 429 with retry_after beyond them.
 First one server alone (the single-instance reference), then two servers called at the same moment, as
-two scheduler ticks or two instances would be; each call works for FUNCTION_BUDGET_SECONDS. Reported:
-messages delivered per second over the calls' wall time, against Telegram's 30/s; the 429s provoked; and
-duplicates (a message delivered twice to one chat), checked against the database's record of each send.
+two scheduler ticks or two instances would be; each call may work for FUNCTION_BUDGET_SECONDS, and
+there are always more reminders due than a call can send in that time. Reported: messages delivered per
+second over that window (a call that stops early leaves the rest to the next tick, a minute later),
+against Telegram's 30/s; the 429s provoked; the reminders the calls handed back unsent; and duplicates (a
+message delivered twice to one chat), with the database's record of each send.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ def run(ctx: Context) -> Result:
         [
             Column("delivered", "delivered"),
             Column("seconds", "wall", "s"),
-            Column("per_second", "messages/s", "/s"),
+            Column("per_second", "messages/s in the budget", "/s"),
             Column("ratio", "vs Telegram's 30/s", "x"),
             Column("rejected", "429s"),
+            Column("deferred", "handed back"),
             Column("duplicates", "duplicates"),
             Column("recorded", "recorded sent"),
         ],
@@ -68,8 +71,9 @@ def run(ctx: Context) -> Result:
                     before_sent = sent(conn)
                     started = time.perf_counter()
                     with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
-                        answers += list(pool.map(lambda s: call(s.url, budget + 120), chosen))
+                        these = list(pool.map(lambda s: call(s.url, budget + 120), chosen))
                     elapsed = time.perf_counter() - started
+                    answers += these
                     # a message goes out a moment before it is recorded; give the last records a moment
                     time.sleep(0.2)
                     delivered = fake.tally.delivered[before_delivered:]
@@ -78,9 +82,10 @@ def run(ctx: Context) -> Result:
                         label,
                         delivered=count,
                         seconds=elapsed,
-                        per_second=count / elapsed,
-                        ratio=ratio(count / elapsed, TELEGRAM_LIMIT),
+                        per_second=count / max(elapsed, budget),
+                        ratio=ratio(count / max(elapsed, budget), TELEGRAM_LIMIT),
                         rejected=fake.tally.rejected - before_rejected,
+                        deferred=sum(int(answer.get("deferred", 0)) for answer in these),
                         duplicates=duplicates(delivered),
                         recorded=sent(conn) - before_sent,
                     )

@@ -103,7 +103,7 @@ def finished_history(conn: Conn, start: int, stop: int, result: str) -> None:
     lead = _uuid_sql(1, "((n - 1) / 10 + 1)")
     request = _uuid_sql(2, "n")
     # Spread over the last 30 days, the same for a request and its reminder without joining them.
-    at = "(now() - ((n * 7919) %% 2592000) * interval '1 second')"
+    at = "(now() - ((n::bigint * 7919) %% 2592000) * interval '1 second')"
     conn.execute(
         f"""
         INSERT INTO public.leads (id, telegram_id, full_name, company, status, created_at, updated_at)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import random
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -58,7 +59,7 @@ class FakeOpenAI:
         self.calls_per_lead: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -135,6 +136,14 @@ class FakeOpenAI:
                 return None
 
         return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (one that gave up on a hang) is expected here, not worth a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _error(message: str, code: str | None) -> dict[str, Any]:
