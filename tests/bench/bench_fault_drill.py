@@ -101,7 +101,7 @@ def crash(server: FunctionServer, moments: list[float]) -> None:
 def run(ctx: Context) -> Result:
     n = ctx.size.pick(1000, 40, 16)
     # Slow enough that the worker is back from one crash (a few seconds) before the next fault.
-    rate = ctx.size.pick(40.0, 10.0, 8.0)
+    rate = ctx.size.pick(20.0, 10.0, 8.0)
     lease = ctx.size.pick(8, 6, 4)
     sweep_every = ctx.size.pick(3.0, 2.0, 1.0)
     outage = ctx.size.pick(40.0, 10.0, 3.0)
@@ -127,15 +127,19 @@ def run(ctx: Context) -> Result:
             serverside.watch_transitions(conn, targets.REQUESTS_TABLE)
             people = data.requesters(conn, n, telegram_base=8_000_000)
             conn.close()
-            worker = targets.server(targets.WEBHOOK_TARGET, url, ctx.artifact("worker.log"), **settings)
             sweeper = targets.server(targets.SWEEPER_TARGET, url, ctx.artifact("sweeper.log"), **settings)
-            events = {
-                n // 4: lambda: crash(worker, kills),
-                n // 2: lambda: restart(pg, window),
-                3 * n // 4: lambda: crash(worker, kills),
-            }
-            with running(worker, sweeper), Sweeper(sweeper.url, sweep_every) as schedule:
-                with Deliverer(url, worker.url, copies=3, drop=0.1, seed=5) as deliverer:
+            log_dir = ctx.artifact("logs/.keep").parent
+            with (
+                targets.request_path(url, log_dir, **settings) as path,
+                running(sweeper),
+                Sweeper(sweeper.url, sweep_every) as schedule,
+            ):
+                events = {
+                    n // 4: lambda: crash(path.worker, kills),
+                    n // 2: lambda: restart(pg, window),
+                    3 * n // 4: lambda: crash(path.worker, kills),
+                }
+                with Deliverer(url, path.webhook_url, copies=3, drop=0.1, seed=5) as deliverer:
                     began = time.monotonic()
                     waits = insert_stream(url, people, rate, events)
                     last_insert = time.monotonic()
@@ -149,7 +153,7 @@ def run(ctx: Context) -> Result:
                         time.sleep(0.2)
                     drained = time.monotonic()
                 drill = summarise(url, n, fake, deliverer, waits, window, kills, began, last_insert, drained)
-                probes = outage_drill(pg, worker.url, outage)
+                probes = outage_drill(pg, path.webhook_url, outage)
             sweeps = {"calls": schedule.calls, "answers": dict(schedule.answers)}
     finally:
         fake.stop()
@@ -212,8 +216,9 @@ def summarise(
         ).fetchone()
         lost: dict[str, int] = dict(
             conn.execute(
-                "SELECT CASE WHEN message LIKE 'lease expired%%' THEN 'lease expired' ELSE 'other' END, "
-                "count(*) FROM planbus_private.plan_request_errors GROUP BY 1"
+                "SELECT CASE WHEN starts_with(message, %s) THEN 'lease expired' ELSE 'other' END, "
+                "count(*) FROM planbus_private.plan_request_errors GROUP BY 1",
+                (targets.LEASE_EXPIRED,),
             ).fetchall()
         )
         rows = conn.execute(

@@ -73,12 +73,16 @@ def run(ctx: Context) -> Result:
     try:
         with ctx.database() as url, psycopg.connect(url, autocommit=True) as conn:
             ids = data.pending_requests(conn, n)
-            webhook = targets.server(targets.WEBHOOK_TARGET, url, ctx.artifact("webhook.log"), **settings)
             sweeper = targets.server(targets.SWEEPER_TARGET, url, ctx.artifact("sweeper.log"), **settings)
-            with running(webhook, sweeper), Sweeper(sweeper.url, sweep_every) as schedule:
+            log_dir = ctx.artifact("logs/.keep").parent
+            with (
+                targets.request_path(url, log_dir, **settings) as path,
+                running(sweeper),
+                Sweeper(sweeper.url, sweep_every) as schedule,
+            ):
                 started = time.monotonic()
                 deliveries = drive(
-                    webhook.url,
+                    path.webhook_url,
                     [targets.webhook_body({"id": request_id}) for request_id in ids],
                     concurrency=4,
                     headers=targets.headers(),

@@ -1,17 +1,18 @@
 """Scale: the hot statements with a small and a large history of finished rows in the tables.
 
 The history (requests, their reminders and their error history, data.finished_history) is made in bulk
-with generate_series, first the small size, then topped up to the large one; a live queue of the same
-size is there at both (data.active_rows: lost webhooks, expired leases, due reminders, a Mini App user).
-After each size the tables are vacuumed and analysed, as autovacuum leaves them. Each operation then runs
-in rolled-back rounds on the server (bench.time_rolled_back), so every round finds the same rows, and the
-median server time at the large size is compared with the small one. EXPLAIN (ANALYZE, BUFFERS) of every
-statement each operation runs, nested ones inside the SQL functions included (auto_explain), is saved
-beside the JSON as <operation>@<rows>.txt.
+with generate_series, in two databases, one small and one large; a live queue of the same size is in
+both (data.active_rows: lost webhooks, expired leases, due reminders, a Mini App user). The tables are
+then vacuumed and analysed, as autovacuum leaves them. Each operation runs in rolled-back rounds on the
+server (bench.time_rolled_back), so every round finds the same rows, the two databases taking turns round
+by round; the median server time at the large size is compared with the small one. EXPLAIN (ANALYZE,
+BUFFERS) of every statement each operation runs, nested ones inside the SQL functions included
+(auto_explain), is saved beside the JSON as <operation>@<rows>.txt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -40,36 +41,46 @@ def run(ctx: Context) -> Result:
     rounds = ctx.size.pick(21, 11, 3)
     sample = targets.sample_result()
     history = compact_result(sample.result)
-    timings: dict[int, dict[str, list[float]]] = {}
+    timings: dict[int, dict[str, list[float]]] = {small: {}, large: {}}
     built: dict[int, float] = {}
     artifacts = []
-    with ctx.database() as url, psycopg.connect(url, autocommit=True) as conn:
-        serverside.install(conn)
-        fixture = data.active_rows(conn, sample.result)
-        done = 0
+    with contextlib.ExitStack() as stack:
+        conns = {}
+        operations = {}
         for size in (small, large):
+            url = stack.enter_context(ctx.database())
+            conn = stack.enter_context(psycopg.connect(url, autocommit=True))
+            serverside.install(conn)
+            fixture = data.active_rows(conn, sample.result)
             started = time.monotonic()
             # Bulk rows are consistent by construction: skip the per-row foreign-key checks while loading.
             conn.execute("SET session_replication_role = replica")
-            data.finished_history(conn, done, size, history)
+            data.finished_history(conn, 0, size, history)
             conn.execute("RESET session_replication_role")
             conn.execute("VACUUM (ANALYZE) public.plan_requests, public.reminders, public.leads")
             conn.execute("VACUUM (ANALYZE) planbus_private.plan_request_errors")
             built[size] = time.monotonic() - started
-            done = size
-            timings[size] = {}
-            for name, statements in targets.scale_operations(fixture).items():
-                serverside.time_rolled_back(conn, statements, 2)  # warm the caches and the plans
-                timings[size][name] = serverside.time_rolled_back(conn, statements, rounds)
+            conns[size], operations[size] = conn, targets.scale_operations(fixture)
+        for name in operations[small]:
+            for size in (small, large):
+                serverside.time_rolled_back(conns[size], operations[size][name], 2)  # caches and plans
+                timings[size][name] = []
+            # The sizes take turns, round by round, so a busy moment of the machine falls on both.
+            for _ in range(rounds):
+                for size in (small, large):
+                    timings[size][name] += serverside.time_rolled_back(conns[size], operations[size][name], 1)
+            for size in (small, large):
                 path = ctx.artifact(f"{slug(name)}@{size}.txt")
-                path.write_text(serverside.explain_nested(conn, statements) + "\n")
+                path.write_text(serverside.explain_nested(conns[size], operations[size][name]) + "\n")
                 artifacts.append(f"{ctx.name}/{path.name}")
         counts: dict[str, int] = dict(
-            conn.execute(
+            conns[large]
+            .execute(
                 "SELECT 'requests', count(*) FROM public.plan_requests UNION ALL "
                 "SELECT 'reminders', count(*) FROM public.reminders UNION ALL "
                 "SELECT 'errors', count(*) FROM planbus_private.plan_request_errors"
-            ).fetchall()
+            )
+            .fetchall()
         )
 
     label_small, label_large = f"{small:,}".replace(",", " "), f"{large:,}".replace(",", " ")

@@ -11,7 +11,8 @@ follows. By benchmark:
     scale         scale_operations: each hot statement, as it is called today
     cold start    first_request: one meaningful first call per target of functions/main.py
     reminders     REMINDERS_TARGET, reminder_env
-    drill, faults WEBHOOK_TARGET, WEBHOOK_CHANNEL, webhook_body, SWEEPER_TARGET, function_env
+    drill, faults request_path (webhook and worker servers), WEBHOOK_CHANNEL, webhook_body,
+                  SWEEPER_TARGET, LEASE_EXPIRED, function_env
 """
 
 from __future__ import annotations
@@ -97,6 +98,31 @@ def outcome_of(answer: dict[str, Any]) -> str:
     return str(answer.get("outcome"))
 
 
+# --- the request path: from the webhook to the worker ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """The running servers a webhook goes through: where the database posts it, and the server that runs
+    the plans (the one a crash drill kills)."""
+
+    webhook_url: str
+    worker: FunctionServer
+
+
+@contextmanager
+def request_path(database_url: str, log_dir: Path, **settings: object) -> Iterator[RequestPath]:
+    """Inline dispatch: one handle_plan_request server is the webhook and the worker."""
+    webhook = server(WEBHOOK_TARGET, database_url, log_dir / "webhook.log", **settings)
+    with running(webhook):
+        yield RequestPath(webhook.url, webhook)
+
+
+# Every attempt that lost its lease (a killed worker, a worker cut off from the database) leaves an error
+# history row whose message starts so.
+LEASE_EXPIRED = "lease expired"
+
+
 # --- pickup: the paths from an insert to the worker -------------------------------------------------
 
 
@@ -106,10 +132,13 @@ def relay_path(database_url: str, log_dir: Path) -> Iterator[None]:
     from planbus.devstack.console import Console
     from planbus.devstack.relay import WebhookRelay
 
-    worker = server(WEBHOOK_TARGET, database_url, log_dir / "relay-worker.log")
-    with running(worker), (log_dir / "relay.log").open("w") as relay_log:
+    with request_path(database_url, log_dir) as path, (log_dir / "relay.log").open("w") as relay_log:
         relay = WebhookRelay(
-            database_url, worker.url, SECRET, console=Console(relay_log, min_severity="WARNING"), timeout=60
+            database_url,
+            path.webhook_url,
+            SECRET,
+            console=Console(relay_log, min_severity="WARNING"),
+            timeout=60,
         )
         relay.start()
         try:
