@@ -3,8 +3,8 @@
 A benchmark is a module with `run(ctx) -> Result`. It reads how large to be from `ctx.size` (full, quick,
 or tiny for the test that keeps the suite from rotting), takes databases from `ctx.database()`, and returns
 tables of figures whose ratio columns compare each measured row with its baseline row from the same run.
-`Check`s state the issue's targets (`target`: reported, a miss does not fail the run) and the invariants
-(`must`: a violation fails the run).
+`Check`s state the targets planbus is held to (`target`: reported, a miss does not fail the run) and the
+invariants (`must`: a violation fails the run).
 """
 
 from __future__ import annotations

@@ -29,10 +29,11 @@ def load(json_dir: Path) -> list[dict[str, Any]]:
 
 
 def provenance(doc: dict[str, Any]) -> str:
+    """The commit, command and machine of a run (not its time: the benchmarks of one run share the rest)."""
     m = doc["machine"]
     commit = doc["commit"][:12] + (" with uncommitted changes" if doc.get("modified") else "")
     return (
-        f"commit `{commit}`, {doc['measured_at']}, `{doc['command']}` ({doc['size']} size); "
+        f"commit `{commit}`, `{doc['command']}` ({doc['size']} size); "
         f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, "
         f"PostgreSQL {m['postgresql']} ({m['database']})"
     )
@@ -53,9 +54,19 @@ def markdown_table(table: dict[str, Any]) -> list[str]:
 
 
 def verdict(check: dict[str, Any]) -> str:
+    """met, or how far from the limit the figure is."""
     if check["met"]:
         return "met"
-    return "**missed**" if check["kind"] == "target" else "**FAILED**"
+    if check["kind"] == "must":
+        return "**FAILED**"
+    value, limit = check["value"], check["limit"]
+    if value is None:
+        return "**missed** (not measured)"
+    if check["op"] == "<=" and limit:
+        return f"**missed**: {value / limit:.1f}x the limit"
+    if check["op"] == ">=" and limit:
+        return f"**missed**: {100 * (1 - value / limit):.1f}% short"
+    return f"**missed** by {format_cell(abs(value - limit), check['unit'])}"
 
 
 def section(doc: dict[str, Any], header: str) -> list[str]:
@@ -68,7 +79,11 @@ def section(doc: dict[str, Any], header: str) -> list[str]:
         lines += [f"Measured on {provenance(doc)}.", ""]
     lines += [doc["about"].strip(), ""]
     load: list[float] = doc.get("load") or [0.0, 0.0]
-    lines += [f"Took {doc['seconds']} s; load average {load[0]} at the start, {load[1]} at the end.", ""]
+    lines += [
+        f"Started {doc['measured_at']}, took {doc['seconds']} s; load average {load[0]} at the start, "
+        f"{load[1]} at the end.",
+        "",
+    ]
     for table in doc["tables"]:
         lines += markdown_table(table)
     if doc["checks"]:
@@ -113,7 +128,7 @@ def render(documents: list[dict[str, Any]]) -> str:
         "`make bench-report`. Do not edit by hand. Every figure is compared with its baseline measured in",
         "the same run; on a shared machine the absolute times are noise, the ratios are the result.",
         "",
-        f"Measured on {header}.",
+        f"Measured on {header}, from {first['measured_at']}.",
         "",
     ]
     if loads and max(loads) > cores / 2:
@@ -122,16 +137,26 @@ def render(documents: list[dict[str, Any]]) -> str:
             f"{max(loads):.1f} on {cores} cores). Absolute times are inflated and noisy; compare the ratios.",
             "",
         ]
-    lines += ["## Targets", "", "| benchmark | check | measured | needs | |", "|---|---|---:|---:|---|"]
-    for doc in documents:
-        if "error" in doc:
-            lines.append(f"| {doc['benchmark']} | crashed | | | **FAILED** |")
-            continue
-        for check in doc["checks"]:
-            value = format_cell(check["value"], check["unit"])
-            needs = f"{check['op']} {format_cell(check['limit'], check['unit'])}"
-            lines.append(f"| {doc['benchmark']} | {check['name']} | {value} | {needs} | {verdict(check)} |")
-    lines.append("")
+    for kind, heading in (("target", "Targets"), ("must", "Invariants (a failure fails the run)")):
+        lines += [
+            f"## {heading}",
+            "",
+            "| benchmark | check | measured | needs | |",
+            "|---|---|---:|---:|---|",
+        ]
+        for doc in documents:
+            if "error" in doc:
+                lines.append(f"| {doc['benchmark']} | crashed | | | **FAILED** |")
+                continue
+            for check in doc["checks"]:
+                if check["kind"] != kind:
+                    continue
+                value = format_cell(check["value"], check["unit"])
+                needs = f"{check['op']} {format_cell(check['limit'], check['unit'])}"
+                lines.append(
+                    f"| {doc['benchmark']} | {check['name']} | {value} | {needs} | {verdict(check)} |"
+                )
+        lines.append("")
     for doc in documents:
         lines += section(doc, header)
     return "\n".join(lines).rstrip() + "\n"

@@ -95,7 +95,7 @@ $$;
 
 
 def install(conn: psycopg.Connection[Any]) -> None:
-    """Create the bench schema and its helpers (idempotent)."""
+    """Create the bench schema, its procedures and its transitions table (idempotent)."""
     conn.execute(SCHEMA)
 
 

@@ -89,3 +89,17 @@ def test_fake_openai_answers_each_fault_as_documented(kind: str) -> None:
             json.loads(message["content"])
     else:
         assert json.loads(message["content"])["steps"]
+
+
+def test_the_report_says_how_far_a_missed_target_is() -> None:
+    from report import verdict
+
+    def check(value: float | None, op: str, limit: float, kind: str = "target") -> dict[str, object]:
+        met = Check("c", value, op, limit, kind).met  # type: ignore[arg-type]
+        return {"value": value, "op": op, "limit": limit, "kind": kind, "unit": "x", "met": met}
+
+    assert verdict(check(1.1, "<=", 1.3)) == "met"
+    assert verdict(check(2.6, "<=", 1.3)) == "**missed**: 2.0x the limit"
+    assert verdict(check(0.6, ">=", 0.8)) == "**missed**: 25.0% short"
+    assert verdict(check(None, "<=", 1.3)) == "**missed** (not measured)"
+    assert verdict(check(3.0, "==", 0.0, "must")) == "**FAILED**"
