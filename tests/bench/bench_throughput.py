@@ -116,8 +116,12 @@ def run(ctx: Context) -> Result:
             for path, server in [*timed.items(), ("planbus", cprofiled)]:
                 post(path, server, WARM, 1)
                 httpx.get(f"{server.url}/?reset=1", timeout=60).raise_for_status()
-            for path, server in timed.items():
-                client_ms[path] = post(path, server, n_profile, 1).latencies
+            # The two timed servers take turns in chunks, as the throughput rounds do.
+            chunks = ctx.size.pick(6, 2, 1)
+            for _ in range(chunks):
+                for path, server in timed.items():
+                    load = post(path, server, n_profile // chunks, 1)
+                    client_ms[path] = client_ms.get(path, []) + load.latencies
             post("planbus", cprofiled, n_profile, 1)
             inside = {path: dump(server)["samples"] for path, server in timed.items()}
             profile = dump(cprofiled)["profile"]
@@ -181,24 +185,30 @@ def sql_server_time(
     def pairs(ids: list[str]) -> list[list[str]]:
         return [[sql] for i in ids for sql in (targets.claim_sql(i), targets.complete_sql(i, sample))]
 
+    # planbus's pair and the bare pair take turns, request by request, in one call on the server.
+    turns = [
+        [sql]
+        for ours_id, theirs_id in zip(ours, theirs, strict=True)
+        for sql in (
+            targets.claim_sql(ours_id),
+            targets.complete_sql(ours_id, sample),
+            bare.claim_literal(theirs_id),
+            bare.complete_literal(theirs_id, sample.result),
+        )
+    ]
     with psycopg.connect(url, autocommit=True) as conn:
-        planbus_t = serverside.time_transactions(conn, pairs(ours))
+        timed = serverside.time_transactions(conn, turns)
     # Apart from the timed calls: tracking every nested function call has a cost of its own.
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_reset()")
         conn.execute("SET track_functions = 'all'")
         serverside.time_transactions(conn, pairs(tracked))
-    with psycopg.connect(url, autocommit=True) as conn:
-        bare_t = serverside.time_transactions(
-            conn,
-            [
-                [sql]
-                for i in theirs
-                for sql in (bare.claim_literal(i), bare.complete_literal(i, sample.result))
-            ],
-        )
     figures: dict[str, dict[str, float | None]] = {}
-    for path, timings in (("planbus", planbus_t), ("bare", bare_t)):
+    for path, offset in (("planbus", 0), ("bare", 2)):
+        timings = serverside.Timings(
+            [t for i, t in enumerate(timed.work) if i % 4 in (offset, offset + 1)],
+            [t for i, t in enumerate(timed.total) if i % 4 in (offset, offset + 1)],
+        )
         claims, completes = timings.work[0::2], timings.work[1::2]
         figures[path] = {
             "claim": percentile(claims, 50),
