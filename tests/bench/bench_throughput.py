@@ -77,7 +77,7 @@ def run(ctx: Context) -> Result:
         bare.create_table(conn)
         result_file = ctx.artifact("bare_result.json")
         result_file.write_text(sample.result)
-        per_path = 3 * WARM + len(CONCURRENCY) * n + 2 * n_profile + 2 * n_sql
+        per_path = 4 * WARM + len(CONCURRENCY) * n + 2 * n_profile + 2 * n_sql
         planbus_ids = iter(data.pending_requests(conn, per_path))
         bare_ids = iter(data.bare_pending(conn, per_path))
         conn.execute("VACUUM ANALYZE")
@@ -178,9 +178,10 @@ def sql_server_time(
 ) -> tuple[dict[str, dict[str, float | None]], list[tuple[str, int, float, float]]]:
     """Median server time (ms) of claim and complete, planbus's and the bare pair, each its own
     transaction; and planbus's SQL functions' (name, calls, own ms, total ms) over as many more calls."""
-    ours = [next(planbus_ids) for _ in range(count)]
+    # The first calls of a session plan their statements: WARM of each go first and are not counted.
+    ours = [next(planbus_ids) for _ in range(WARM + count)]
     tracked = [next(planbus_ids) for _ in range(count)]
-    theirs = [next(bare_ids) for _ in range(count)]
+    theirs = [next(bare_ids) for _ in range(WARM + count)]
 
     def pairs(ids: list[str]) -> list[list[str]]:
         return [[sql] for i in ids for sql in (targets.claim_sql(i), targets.complete_sql(i, sample))]
@@ -197,7 +198,7 @@ def sql_server_time(
         )
     ]
     with psycopg.connect(url, autocommit=True) as conn:
-        timed = serverside.time_transactions(conn, turns)
+        timed = serverside.time_transactions(conn, turns)[4 * WARM :]
     # Apart from the timed calls: tracking every nested function call has a cost of its own.
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_reset()")
