@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo dev lint install clean
+.PHONY: test demo dev lint install clean bench bench-report
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ demo: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/planbus dev
+
+# ARGS: --quick, --only NAME, --json-dir DIR (tests/bench/run.py --help).
+bench: $(STAMP)
+	$(BIN)/python tests/bench/run.py $(ARGS)
+
+bench-report: $(STAMP)
+	$(BIN)/python tests/bench/report.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check functions tests

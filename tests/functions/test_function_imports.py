@@ -1,7 +1,8 @@
 """A cold start pays only for what its target uses: importing main.py loads none of the heavy libraries
 (openai, supabase, PyJWT, cryptography, httpx, psycopg, Cloud Tasks, gRPC), and a target's first request
 loads only those its work needs. Each case runs in a fresh interpreter (support/first_requests.py); the
-time it takes is measured by tests/bench/import_time.py, not asserted here.
+time it takes is measured by tests/bench/bench_cold_start.py (`make bench ARGS="--only cold_start"`),
+not asserted here.
 """
 
 from __future__ import annotations

@@ -1,0 +1,158 @@
+"""LLM fault mix: requests against an OpenAI-compatible server that fails in every way it can.
+
+N pending requests; each webhook is delivered once, 4 at a time, to the webhook target, whose generator
+talks to tests/bench/fake_openai.py answering with a mix of successes, 429s with retry-after, 503s,
+hangs past OPENAI_TIMEOUT, invalid JSON and refusals. The sweeper is called as the scheduler would
+(compressed: every few seconds instead of every minute) and carries the retries. At the end no request may
+be left `processing`, nor `pending` past its backoff; the full run waits until every request is finished
+and reports how long that took, the attempts used and the LLM calls made.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from typing import Any
+
+import data
+import psycopg
+import targets
+from drivers import Sweeper, describe
+from fake_openai import FakeOpenAI
+from harness import Check, Column, Context, Result, Size, Table
+from load import drive
+from servers import running
+
+MIX = {"ok": 60, "rate_limited": 10, "server_error": 10, "hang": 8, "invalid_json": 6, "refusal": 6}
+MAX_ATTEMPTS = 3
+
+
+def states(conn: psycopg.Connection[Any], margin: float) -> dict[str, int]:
+    row = conn.execute(
+        """
+        SELECT count(*) FILTER (WHERE status = 'completed'),
+               count(*) FILTER (WHERE status = 'failed'),
+               count(*) FILTER (WHERE status = 'pending'),
+               count(*) FILTER (WHERE status = 'processing'),
+               count(*) FILTER (WHERE status = 'pending' AND run_after < now() - make_interval(secs => %s))
+          FROM public.plan_requests
+        """,
+        (margin,),
+    ).fetchone()
+    assert row is not None
+    return dict(zip(("completed", "failed", "pending", "processing", "overdue"), row, strict=True))
+
+
+def wait_until(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def run(ctx: Context) -> Result:
+    n = ctx.size.pick(200, 40, 10)
+    openai_timeout = ctx.size.pick(3.0, 1.5, 1.0)
+    sweep_every = ctx.size.pick(2.0, 1.0, 0.5)
+    drain = ctx.size is Size.FULL
+    # A pending row is overdue once its retry time is further past than two sweeps, each of which may
+    # spend up to a full LLM budget per request before it reaches the row.
+    margin = 2 * sweep_every + MAX_ATTEMPTS * openai_timeout + 5
+    fake = FakeOpenAI(MIX, latency=0.02, hang=openai_timeout + 1.5, retry_after=0.5, seed=14).start()
+    settings = {
+        "plan_generator": "openai",
+        "openai_api_key": "sk-bench",
+        "openai_base_url": fake.base_url,
+        "openai_timeout": openai_timeout,
+        "lease_seconds": 20,
+        "max_attempts": MAX_ATTEMPTS,
+    }
+    try:
+        with ctx.database() as url, psycopg.connect(url, autocommit=True) as conn:
+            ids = data.pending_requests(conn, n)
+            sweeper = targets.server(targets.SWEEPER_TARGET, url, ctx.artifact("sweeper.log"), **settings)
+            log_dir = ctx.artifact("logs/.keep").parent
+            with (
+                targets.request_path(url, log_dir, **settings) as path,
+                running(sweeper),
+                Sweeper(sweeper.url, sweep_every) as schedule,
+            ):
+                started = time.monotonic()
+                deliveries = drive(
+                    path.webhook_url,
+                    [targets.webhook_body({"id": request_id}) for request_id in ids],
+                    concurrency=4,
+                    headers=targets.headers(),
+                    outcome=describe,
+                )
+                if drain:
+                    finished = wait_until(
+                        lambda: states(conn, margin)["completed"] + states(conn, margin)["failed"] == n, 240
+                    )
+                else:
+                    finished = wait_until(lambda: states(conn, margin)["processing"] == 0, 30)
+                elapsed = time.monotonic() - started
+            final = states(conn, margin)
+            attempts: dict[int, int] = dict(
+                conn.execute(
+                    "SELECT attempts, count(*) FROM public.plan_requests GROUP BY 1 ORDER BY 1"
+                ).fetchall()
+            )
+            reasons = Counter(
+                re.sub(r"[0-9a-f-]{36}|\d+(\.\d+)?", "#", row[0] or "")[:110]
+                for row in conn.execute(
+                    "SELECT error FROM public.plan_requests WHERE status = 'failed'"
+                ).fetchall()
+            )
+    finally:
+        fake.stop()
+
+    state_table = Table(
+        f"{n} requests after {'draining' if drain else 'the webhooks and the sweeps in flight'} "
+        f"({elapsed:.1f} s)",
+        [Column("count", "requests")],
+    )
+    for key in ("completed", "failed", "pending", "processing"):
+        state_table.add(key, count=final[key])
+    state_table.add("pending past their backoff", count=final["overdue"])
+    attempt_table = Table("attempts used", [Column("count", "requests")])
+    for used, count in attempts.items():
+        attempt_table.add(f"{used} attempt{'s' if used != 1 else ''}", count=count)
+    calls = Table(
+        "LLM calls by answer (the client retries within OPENAI_TIMEOUT)", [Column("count", "calls")]
+    )
+    for kind in MIX:
+        calls.add(kind, count=fake.calls[kind])
+    calls.add("total", count=sum(fake.calls.values()))
+    calls.add("per request (mean)", count=round(sum(fake.calls.values()) / n, 2))
+    failures = Table("why requests failed", [Column("count", "requests")])
+    for reason, count in reasons.most_common(8):
+        failures.add(reason, count=count)
+    checks = [
+        Check("rows left processing", float(final["processing"]), "==", 0.0, "must", ""),
+        Check("rows left pending past their backoff", float(final["overdue"]), "==", 0.0, "must", ""),
+    ]
+    if drain:
+        checks.append(
+            Check("every request finished (completed or failed)", float(finished), "==", 1.0, "must", "")
+        )
+    return Result(
+        title="LLM fault mix: no request stuck, attempts and calls used",
+        about=__doc__ or "",
+        params={
+            "requests": n,
+            "mix": MIX,
+            "openai_timeout": openai_timeout,
+            "sweep_every_seconds": sweep_every,
+            "overdue_margin_seconds": margin,
+            "webhook_answers": dict(deliveries.outcomes),
+            "sweeper_calls": schedule.calls,
+            "sweeper_answers": dict(schedule.answers),
+            "seconds": round(elapsed, 1),
+        },
+        tables=[state_table, attempt_table, calls, failures],
+        checks=checks,
+    )

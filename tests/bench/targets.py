@@ -1,0 +1,319 @@
+"""How the benchmarks reach planbus: the one module that knows its targets, SQL functions and settings.
+
+Everything a benchmark does to planbus goes through here, so that when the request state machine, the
+dispatch path or the status report change, only this module (and data.py, for the columns it fills)
+follows. By benchmark:
+
+    pickup        PICKUP_PATHS: how an insert reaches the worker (today: the local relay, inline)
+    throughput    WORKER_TARGET, worker_body, outcome_of: how to ask the worker to process one request
+    profile       claim_sql, complete_sql, sample_result: the claim and completion as SQL, and a result
+    insert        as_mini_app: the statements PostgREST runs for a signed-in user
+    scale         scale_operations: each hot statement, as it is called today
+    cold start    first_request: one meaningful first call per target of functions/main.py
+    reminders     REMINDERS_TARGET, reminder_env
+    drill, faults request_path (webhook and worker servers), WEBHOOK_CHANNEL, webhook_body,
+                  SWEEPER_TARGET, LEASE_EXPIRED, function_env
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from servers import FunctionServer, running
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = ROOT / "functions" / "main.py"
+SECRET = "bench-webhook-secret-3b6f1c0e"
+BOT_TOKEN = "7000000001:AAFbenchTOKENforPLANBUSsignINchecks_0"
+JWT_SECRET = "bench-jwt-secret-with-at-least-32-characters"
+
+# The table and statuses the benchmarks watch (bench.transitions records its status changes).
+REQUESTS_TABLE = "public.plan_requests"
+CLAIMED = "processing"
+COMPLETED = "completed"
+FINISHED = ("completed", "failed")
+
+# The target that takes one request from pending to completed, and the webhook the database calls.
+WORKER_TARGET = "handle_plan_request"
+WEBHOOK_TARGET = "handle_plan_request"
+# Where the local trigger publishes each insert (pg_notify), and what the relay posts to the webhook.
+WEBHOOK_CHANNEL = "planbus_events"
+SWEEPER_TARGET = "reset_stale_requests"
+REMINDERS_TARGET = "send_due_reminders"
+
+
+def headers() -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-Webhook-Secret": SECRET}
+
+
+def function_env(database_url: str, **settings: object) -> dict[str, str | None]:
+    """The environment of a planbus function server: this database, the secret, the offline generator,
+    INFO logs as deployed, no Supabase or OpenAI from the caller's shell; `settings` (lower_case names of
+    the settings) override."""
+    env: dict[str, str | None] = {
+        "DATABASE_URL": database_url,
+        "WEBHOOK_SECRET": SECRET,
+        "PLAN_GENERATOR": "offline",
+        "LOG_LEVEL": "INFO",
+        "SUPABASE_URL": None,
+        "SUPABASE_SERVICE_ROLE_KEY": None,
+        "OPENAI_API_KEY": None,
+        "OPENAI_BASE_URL": None,
+        "TELEGRAM_BOT_TOKEN": None,
+    }
+    env.update({name.upper(): None if value is None else str(value) for name, value in settings.items()})
+    return env
+
+
+def server(target: str, database_url: str, log: Path, **settings: object) -> FunctionServer:
+    """A planbus function server for `target` (not started)."""
+    return FunctionServer(target, MAIN, function_env(database_url, **settings), log)
+
+
+def webhook_body(record: dict[str, Any]) -> dict[str, Any]:
+    """The Supabase database-webhook payload of an INSERT on plan_requests."""
+    return {
+        "type": "INSERT",
+        "table": "plan_requests",
+        "schema": "public",
+        "record": record,
+        "old_record": None,
+    }
+
+
+def worker_body(request_id: str) -> dict[str, Any]:
+    """What the worker target is posted to process one request."""
+    return webhook_body({"id": request_id})
+
+
+def outcome_of(answer: dict[str, Any]) -> str:
+    """The outcome in the worker's answer: completed, failed or skipped."""
+    return str(answer.get("outcome"))
+
+
+# --- the request path: from the webhook to the worker ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """The running servers a webhook goes through: where the database posts it, and the server that runs
+    the plans (the one a crash drill kills)."""
+
+    webhook_url: str
+    worker: FunctionServer
+
+
+@contextmanager
+def request_path(database_url: str, log_dir: Path, **settings: object) -> Iterator[RequestPath]:
+    """Inline dispatch: one handle_plan_request server is the webhook and the worker."""
+    webhook = server(WEBHOOK_TARGET, database_url, log_dir / "webhook.log", **settings)
+    with running(webhook):
+        yield RequestPath(webhook.url, webhook)
+
+
+# Every attempt that lost its lease (a killed worker, a worker cut off from the database) leaves an error
+# history row whose message starts so.
+LEASE_EXPIRED = "lease expired"
+
+
+# --- pickup: the paths from an insert to the worker -------------------------------------------------
+
+
+@contextmanager
+def relay_path(database_url: str, log_dir: Path) -> Iterator[None]:
+    """The local stack's inline path: trigger → pg_notify → WebhookRelay → handle_plan_request."""
+    from planbus.devstack.console import Console
+    from planbus.devstack.relay import WebhookRelay
+
+    with request_path(database_url, log_dir) as path, (log_dir / "relay.log").open("w") as relay_log:
+        relay = WebhookRelay(
+            database_url,
+            path.webhook_url,
+            SECRET,
+            console=Console(relay_log, min_severity="WARNING"),
+            timeout=60,
+        )
+        relay.start()
+        try:
+            yield
+        finally:
+            relay.stop()
+
+
+PICKUP_PATHS: dict[str, Callable[[str, Path], AbstractContextManager[None]]] = {
+    "planbus, local relay (inline)": relay_path,
+}
+
+
+# --- the claim and the completion as SQL ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """A completed request's arguments as the worker sends them for the offline plan."""
+
+    result: str  # the `result` column's JSON
+    plan: str
+    reminders: str
+
+
+def sample_result() -> SampleResult:
+    from planbus.llm.offline import OfflineGenerator
+    from planbus.models import LeadFacts, PlanResult
+    from planbus.planning import reminder_zone, schedule_reminders
+
+    lead = LeadFacts(
+        id=uuid.uuid4(),
+        full_name="Bench Lead",
+        company="Acme Freight",
+        title="Head of Operations",
+        notes="Met at a trade fair. Wants a pilot.",
+    )
+    now = datetime.now(UTC)
+    generation = OfflineGenerator().generate(lead, today=now.date())
+    result = PlanResult(
+        plan=generation.plan,
+        generator="offline",
+        model=generation.model,
+        usage=None,
+        latency_ms=0,
+        generated_at=now,
+        attempt=1,
+    )
+    reminders = schedule_reminders(result.plan, lead, now=now, hour=10, zone=reminder_zone("UTC"))
+    return SampleResult(
+        json.dumps(result.model_dump(mode="json")),
+        json.dumps(result.plan.model_dump(mode="json")),
+        json.dumps([reminder.as_json() for reminder in reminders]),
+    )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def claim_sql(request_id: str) -> str:
+    return f"SELECT public.planbus_claim_request('{request_id}'::uuid, 180, 3)"
+
+
+def complete_sql(request_id: str, sample: SampleResult, attempt: int = 1) -> str:
+    return (
+        f"SELECT public.planbus_complete_request('{request_id}'::uuid, {attempt}, "
+        f"{_literal(sample.result)}::jsonb, {_literal(sample.plan)}::jsonb, "
+        f"{_literal(sample.reminders)}::jsonb)"
+    )
+
+
+# --- the Mini App ------------------------------------------------------------------------------------
+
+
+def as_mini_app(user_id: str, telegram_id: int) -> list[str]:
+    """What PostgREST runs before a signed-in user's statement: the role and the JWT claims."""
+    claims = {"sub": user_id, "role": "authenticated", "aud": "authenticated", "telegram_id": telegram_id}
+    return [
+        "SET LOCAL ROLE authenticated",
+        f"SELECT set_config('request.jwt.claims', {_literal(json.dumps(claims))}, true)",
+    ]
+
+
+# The triggers a Mini App insert runs (the insert benchmark switches them off one by one to apportion the
+# time): each name and what it does.
+INSERT_TRIGGERS = {
+    "plan_requests_webhook": "the webhook trigger",
+    "plan_requests_daily_limit": "the daily-limit trigger",
+}
+
+
+def mini_app_insert(table: str, lead_id: str, telegram_id: int) -> str:
+    return f"INSERT INTO {table} (lead_id, telegram_id) VALUES ('{lead_id}', {telegram_id})"
+
+
+def mini_app_poll(request_id: str) -> str:
+    return (
+        "SELECT id, lead_id, status, result, error, attempts, created_at, updated_at "
+        f"FROM public.plan_requests WHERE id = '{request_id}'"
+    )
+
+
+# --- scale: the hot statements ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScaleFixture:
+    """Rows data.active_rows made: a lead free for a new request, and the Mini App user polling one."""
+
+    free_lead_id: str
+    free_telegram_id: int
+    poll_user_id: str
+    poll_telegram_id: int
+    poll_request_id: str
+
+
+def scale_operations(fixture: ScaleFixture) -> dict[str, list[str]]:
+    """Each operation the scale benchmark times: the statements one call runs."""
+    new_id = str(uuid.uuid4())
+    return {
+        "insert + claim": [
+            f"INSERT INTO public.plan_requests (id, lead_id, telegram_id) "
+            f"VALUES ('{new_id}', '{fixture.free_lead_id}', {fixture.free_telegram_id})",
+            claim_sql(new_id),
+        ],
+        "lost-webhook scan": ["SELECT public.planbus_find_lost_requests(60, 20)"],
+        "stale reset": ["SELECT public.planbus_reset_stale_requests(3)"],
+        "due-reminder claim": ["SELECT public.planbus_claim_due_reminders(30, 105, 5)"],
+        "status report": ["SELECT public.planbus_status()"],
+        "Mini App poll by id": [
+            *as_mini_app(fixture.poll_user_id, fixture.poll_telegram_id),
+            mini_app_poll(fixture.poll_request_id),
+        ],
+    }
+
+
+# --- cold start: one meaningful first request per target ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class FirstRequest:
+    body: dict[str, Any]
+    env: dict[str, str]
+    expect: int = 200
+
+
+def first_request(target: str, pending_request_id: str) -> FirstRequest | None:
+    """The first call a fresh instance of `target` answers; None for a target this module does not know."""
+    if target == WORKER_TARGET:
+        return FirstRequest(worker_body(pending_request_id), {})
+    if target in (SWEEPER_TARGET, REMINDERS_TARGET):
+        return FirstRequest({}, {})
+    if target == "telegram_auth":
+        from planbus.initdata import sign_init_data
+
+        fields = {
+            "query_id": "AAHdF6IQAAAAAN0XohDhrOrc",
+            "user": json.dumps({"id": 279058397, "first_name": "Ada", "username": "ada"}),
+            "auth_date": str(int(datetime.now(UTC).timestamp())),
+        }
+        return FirstRequest(
+            {"init_data": sign_init_data(fields, BOT_TOKEN)},
+            {"TELEGRAM_BOT_TOKEN": BOT_TOKEN, "SUPABASE_JWT_SECRET": JWT_SECRET},
+        )
+    return None
+
+
+# --- reminders ---------------------------------------------------------------------------------------
+
+
+def reminder_env(telegram_base: str, budget_seconds: float) -> dict[str, object]:
+    """Settings of a send_due_reminders server delivering to `telegram_base` for `budget_seconds`."""
+    return {
+        "telegram_bot_token": BOT_TOKEN,
+        "telegram_api_base": telegram_base,
+        "function_budget_seconds": budget_seconds,
+    }
