@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -18,9 +18,13 @@ import pytest
 from flask.testing import FlaskClient
 
 from planbus import llm
+from planbus.clock import FixedClock
 from planbus.db.postgres import PostgresDatabase
+from planbus.dispatch import SWEEP_ROUND_SECONDS, cloud_tasks_queue, sweep_round
 from planbus.kinds import KINDS, AnyKind
+from planbus.kinds.plans import PLAN
 from planbus.llm import drafts
+from planbus.services import recovery
 from planbus.settings import get_settings
 from support import mini_app
 from support.cloud_tasks import QUEUE, FakeCloudTasks
@@ -204,10 +208,11 @@ def test_a_refused_enqueue_leaves_the_row_pending_says_so_and_the_sweeper_enqueu
 
     tasks.recover()
     overdue(sql, pending, kind)
+    round_ = sweep_round(datetime.now(UTC))
     swept = mini_app.client("reset_stale_requests").post("/", headers=HEADERS)
     assert swept.status_code == 200
     assert (swept.get_json()["redispatched"], swept.get_json()["outcomes"]) == (1, {"queued": 1})
-    assert tasks.task_ids() == [f"{kind.name}-{pending['id']}-1"]
+    assert tasks.task_ids() == [f"{kind.name}-{pending['id']}-1-s{round_}"]
 
 
 def test_an_enqueue_that_times_out_is_answered_in_time_and_left_to_the_sweeper(
@@ -426,6 +431,7 @@ def test_the_sweeper_enqueues_lost_reset_and_due_rows_of_every_kind_without_gene
         expire_lease(sql, stale["id"], kind.table)
         expected += [f"{kind.name}-{lost['id']}-1", f"{kind.name}-{stale['id']}-2"]
 
+    round_ = sweep_round(datetime.now(UTC))
     response = mini_app.client("reset_stale_requests").post("/", headers=HEADERS)
 
     assert response.status_code == 200
@@ -433,9 +439,32 @@ def test_the_sweeper_enqueues_lost_reset_and_due_rows_of_every_kind_without_gene
     assert (answer["reset"], answer["failed"], answer["redispatched"]) == (len(KINDS), 0, 2 * len(KINDS))
     assert answer["outcomes"] == {"queued": 2 * len(KINDS)}
     assert answer["kinds"] == {kind.name: {"reset": 1, "failed": 0, "redispatched": 2} for kind in KINDS}
-    assert sorted(tasks.task_ids()) == sorted(expected)
+    assert sorted(tasks.task_ids()) == sorted(f"{name}-s{round_}" for name in expected)
     assert openai.requests == []
     # A second sweep finds the same rows still pending: the queue refuses the duplicates.
     again = mini_app.client("reset_stale_requests").post("/", headers=HEADERS).get_json()
     assert again["outcomes"] == {"already_queued": 2 * len(KINDS)}
     assert len(tasks.tasks) == 2 * len(KINDS)
+
+
+def test_a_sweeper_task_that_gave_up_is_followed_by_a_new_one_in_the_next_round(
+    app_env: None, db: PostgresDatabase, sql: Sql, make_lead: Callable[..., Row], tasks: FakeCloudTasks
+) -> None:
+    # Cloud Tasks refuses a name for about an hour after its task ran out of retries: a row left pending
+    # at that attempt must still get a task from the next sweep round, not ALREADY_EXISTS for an hour.
+    lost = ready_request(sql, db, PLAN, make_lead(telegram_id=300))
+    overdue(sql, lost, PLAN)
+    settings = get_settings()
+    queue = cloud_tasks_queue(settings)
+    first = FixedClock(datetime.now(UTC))
+    later = FixedClock(first.now() + timedelta(seconds=SWEEP_ROUND_SECONDS))
+    try:
+        for clock in (first, first, later):
+            recovery.reset_stale_requests(
+                KINDS, db, clock, generator_for=lambda kind: None, settings=settings, queue=queue
+            )
+    finally:
+        queue.close()
+
+    rounds = [sweep_round(first.now()), sweep_round(later.now())]
+    assert tasks.task_ids() == [f"plan-{lost['id']}-1-s{r}" for r in rounds]

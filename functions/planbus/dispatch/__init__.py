@@ -26,6 +26,16 @@ from planbus.settings import Settings
 # Cloud Tasks task ids: letters, digits, hyphens and underscores, at most 500 characters.
 _TASK_ID_PART = re.compile(r"[A-Za-z0-9_-]+")
 MAX_TASK_ID = 500
+# Cloud Tasks keeps a task's name for about an hour after the task ran or gave up, and refuses it meanwhile.
+# The sweeper's task for an attempt therefore carries the round it was made in: a task that gave up (a
+# worker answering 5xx until the queue's max_attempts) is followed by a new one in the next round, instead
+# of ALREADY_EXISTS for an hour; within a round, repeated sweeps still make one task.
+SWEEP_ROUND_SECONDS = 600
+
+
+def sweep_round(now: datetime) -> int:
+    """The sweeper's round at `now`: the number of SWEEP_ROUND_SECONDS since the epoch."""
+    return int(now.timestamp() // SWEEP_ROUND_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class TaskRequest:
     attempt: int
     worker_url: str
     run_at: datetime | None = None
+    sweep: int | None = None  # the sweeper's round (sweep_round) for a task it makes; None for the others
 
     def __post_init__(self) -> None:
         for name, value in (("kind", self.kind), ("request_id", self.request_id)):
@@ -44,6 +55,8 @@ class TaskRequest:
                 raise ValueError(f"task {name} {value[:80]!r} may hold only letters, digits, '-' and '_'")
         if self.attempt < 0:
             raise ValueError(f"task attempt {self.attempt} is negative")
+        if self.sweep is not None and self.sweep < 0:
+            raise ValueError(f"task sweep round {self.sweep} is negative")
         if len(self.task_id) > MAX_TASK_ID:
             raise ValueError(f"task id is longer than {MAX_TASK_ID} characters")
         parts = urlsplit(self.worker_url)
@@ -54,8 +67,10 @@ class TaskRequest:
 
     @property
     def task_id(self) -> str:
-        """`<kind>-<request_id>-<attempt>`: the same for every delivery of one attempt."""
-        return f"{self.kind}-{self.request_id}-{self.attempt}"
+        """`<kind>-<request_id>-<attempt>`: the same for every delivery of one attempt; the sweeper's tasks
+        add `-s<round>`."""
+        base = f"{self.kind}-{self.request_id}-{self.attempt}"
+        return base if self.sweep is None else f"{base}-s{self.sweep}"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 from planbus import logs
 from planbus.clock import Clock
 from planbus.db import Database
-from planbus.dispatch import TaskQueue, TaskRequest
+from planbus.dispatch import TaskQueue, TaskRequest, sweep_round
 from planbus.kinds import AnyKind
 from planbus.services.dispatch import enqueue_attempt
 from planbus.services.requests import process_request
@@ -98,7 +98,13 @@ def reset_stale_requests(
                 outcome = process_request(kind, db, generator_for(kind), clock, request.id, settings=settings)
                 what, reason = outcome.outcome, outcome.reason
             else:
-                task = TaskRequest(kind.name, request.id, request.attempt, worker_urls[kind.name])
+                task = TaskRequest(
+                    kind.name,
+                    request.id,
+                    request.attempt,
+                    worker_urls[kind.name],
+                    sweep=sweep_round(clock.now()),
+                )
                 handed = enqueue_attempt(RequestStates(db, kind.name), queue, task)
                 what, reason = handed.handed, handed.outcome.reason
             log.info("lost request re-dispatched: %s", what, extra={"fields": {"reason": reason}})
