@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg
+from pydantic import SecretStr
 from scratch import scratch_database, server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -112,7 +113,9 @@ def main() -> int:
 
     fake = FakeTelegram(TOKEN, latency=args.latency).start()
     settings = Settings(
-        function_budget_seconds=args.budget, telegram_bot_token=TOKEN, telegram_api_base=fake.base_url
+        function_budget_seconds=args.budget,
+        telegram_bot_token=SecretStr(TOKEN),
+        telegram_api_base=fake.base_url,
     )
     results: list[reminders.ReminderCounts] = []
     try:

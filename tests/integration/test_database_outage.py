@@ -157,7 +157,12 @@ def test_a_finished_plan_is_written_when_the_database_returns_within_the_retry_b
             "planbus_claim_request", p_request_id=request_id, p_lease_seconds=120, p_max_attempts=3
         )
         pg.stop()
-        restarted = threading.Thread(target=lambda: (time.sleep(2), pg.start()))
+
+        def restart_later() -> None:
+            time.sleep(2)
+            pg.start()
+
+        restarted = threading.Thread(target=restart_later)
         restarted.start()
         answer = call_with_retry(
             db,

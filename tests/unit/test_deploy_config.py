@@ -186,8 +186,8 @@ def test_a_worker_s_timeout_must_cover_its_dispatch_deadline(tmp_path: Path) -> 
 def test_a_dispatch_deadline_must_stay_below_the_lease() -> None:
     text = problems_of({**VALID, "LEASE_SECONDS": "115", "OPENAI_TIMEOUT": "85"})
     assert (
-        "LEASE_SECONDS (115) must be larger than the plan dispatch deadline (115 s: its LLM timeout plus 30 s)"
-        in text
+        "LEASE_SECONDS (115) must be larger than the plan dispatch deadline "
+        "(115 s: its LLM timeout plus 30 s)" in text
     )
 
 
