@@ -20,6 +20,8 @@ from planbus.deploy.infra import FunctionSpec, load_functions, load_queue
 from planbus.deploy.kinds import KINDS, kind_of
 from planbus.deploy.upload import IgnoreFile
 from planbus.errors import ConfigurationError
+from planbus.kinds import KINDS as REGISTERED_KINDS
+from planbus.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -386,6 +388,20 @@ def test_each_kind_names_its_targets_table_and_settings_after_itself() -> None:
     assert [kind.name for kind in KINDS] == ["plan", "draft"]
     assert kind_of("process_draft_request") is KINDS[1]
     assert kind_of("reset_stale_requests") is None
+
+
+def test_deploy_sets_up_exactly_the_registered_kinds_with_their_timeouts() -> None:
+    settings = Settings(openai_timeout=70, draft_openai_timeout=80)
+    assert [kind.registered for kind in KINDS] == list(REGISTERED_KINDS)
+    for kind in KINDS:
+        assert kind.llm_timeout(settings) == settings.llm_timeout(kind.name)
+        assert getattr(settings, kind.timeout_field) == kind.llm_timeout(settings)
+        assert kind.worker_url_variable.lower() == kind.registered.worker_url_setting
+    assert [(kind.timeout_field, kind.default_timeout) for kind in KINDS] == [
+        ("openai_timeout", 60.0),
+        ("draft_openai_timeout", 90.0),
+    ]
+    assert [kind.unsuffixed_settings for kind in KINDS] == [True, False]
 
 
 def test_the_env_file_is_read_literally(tmp_path: Path) -> None:
