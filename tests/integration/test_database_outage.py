@@ -154,7 +154,11 @@ def test_a_finished_plan_is_written_when_the_database_returns_within_the_retry_b
     db = PostgresDatabase(pg.url)
     try:
         claim = db.call(
-            "planbus_claim_request", p_request_id=request_id, p_lease_seconds=120, p_max_attempts=3
+            "planbus_claim_request",
+            p_kind="plan",
+            p_request_id=request_id,
+            p_lease_seconds=120,
+            p_max_attempts=3,
         )
         pg.stop()
 
@@ -168,11 +172,11 @@ def test_a_finished_plan_is_written_when_the_database_returns_within_the_retry_b
             db,
             "planbus_complete_request",
             retry_for=20,
+            p_kind="plan",
             p_request_id=request_id,
             p_attempt=claim["attempt"],
             p_result={"plan": {"summary": "written after the outage"}},
-            p_plan={"summary": "written after the outage"},
-            p_reminders=[],
+            p_completion={"plan": {"summary": "written after the outage"}, "reminders": []},
         )
         written_at = time.monotonic()
         restarted.join()
