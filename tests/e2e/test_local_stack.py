@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from conftest import SERVER_URL_FROM_ENV
 from planbus.db.postgres import PostgresDatabase
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
+from planbus.devstack.stack import FUNCTIONS
 from support.devstack_helpers import group_alive, wait_until
 from support.local_stack import PLANBUS, DevStack
 
@@ -181,13 +182,14 @@ def test_ctrl_c_stops_every_process_of_the_stack(stack_database: str, tmp_path: 
     stack = DevStack(tmp_path, env, "--dispatch", "inline")
     state = stack.wait_ready()
     servers = [f["pid"] for f in state["functions"].values()]
-    assert len(servers) == 4 and all(group_alive(pid) for pid in servers)
+    assert len(servers) == len(FUNCTIONS) and all(group_alive(pid) for pid in servers)
     assert stack.interrupt() == 0
     assert not [pid for pid in servers if group_alive(pid)]
     assert not stack.state_file.exists()
     output = stack.output()
     assert "ready. Press Ctrl-C to stop." in output and output.rstrip().endswith("planbus dev: stopped")
-    for name in ("handle_plan_request", "send_due_reminders", "reset_stale_requests", "telegram_auth"):
+    assert "handle_draft_request" in FUNCTIONS
+    for name in FUNCTIONS:
         assert re.search(rf"{name}\s+http://127\.0\.0\.1:\d+", output)
 
 
@@ -206,9 +208,19 @@ def test_the_demo_runs_the_whole_flow_and_exits_0(fresh_database: Any, template_
     assert "embedded PostgreSQL" in out if not SERVER_URL_FROM_ENV else "(DATABASE_URL)" in out
     assert re.search(r"completed at \d+\.\d+ s", out)
     assert "step  when    channel" in out and "Telegram → chat 7000000001" in out
+    # After the plan, a draft of its first step's message, made by the draft kind's worker.
+    assert out.index("draft for step 1:") > out.index("plan for ")
+    assert re.search(r"draft for step 1:\n  channel: \w+\n", out)
     assert out.rstrip().endswith("demo complete: every process stopped")
     servers = dict(re.findall(r"(\w+)\s+http://127\.0\.0\.1:\d+  \(functions-framework, pid (\d+)\)", out))
     assert {"handle_plan_request", "process_plan_request", "reset_stale_requests"} <= set(servers)
+    assert {"handle_draft_request", "process_draft_request"} <= set(servers)
     [emulator] = re.findall(r"\(gcloud-tasks-emulator, pid (\d+);", out)
     pids = [int(pid) for pid in (*servers.values(), emulator)]
     assert not [pid for pid in pids if group_alive(pid)]
+
+
+def test_the_mini_app_polls_request_tables_only() -> None:
+    # The table is a name in the query: anything but a registered kind's table is refused before it is used.
+    with pytest.raises(ValueError, match="'leads' is not a request table"):
+        MiniApp("postgresql://unused", USER).get_request(uuid.uuid4(), "leads")

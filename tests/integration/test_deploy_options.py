@@ -235,7 +235,19 @@ def test_on_insforge_each_kind_s_channel_calls_its_webhook_function(
         ({"WEBHOOK_SECRET": "short"}, (), {}, "WEBHOOK_SECRET must be at least 32 characters"),
         ({"OPENAI_TIMOUT": "30"}, (), {}, "unknown variable OPENAI_TIMOUT (did you mean OPENAI_TIMEOUT?)"),
         ({"OPENAI_TIMEOUT": "130"}, (), {}, "[handle_plan_request]: timeout 150 s is shorter than"),
-        ({"LEASE_SECONDS": "100"}, (), {}, "timeout 150 s is longer than LEASE_SECONDS 100"),
+        # Inline: with Cloud Tasks the settings refuse a lease below the dispatch deadlines before this rule.
+        (
+            {"LEASE_SECONDS": "100", "DISPATCH": "inline"},
+            (),
+            {},
+            "timeout 150 s is longer than LEASE_SECONDS 100",
+        ),
+        (
+            {"LEASE_SECONDS": "100"},
+            (),
+            {},
+            "LEASE_SECONDS (100) must be larger than the draft dispatch deadline",
+        ),
         ({"SCHEDULER": "cron"}, (), {}, "SCHEDULER must be one of"),
         ({"DISPATCH": "queue"}, (), {}, "DISPATCH must be one of cloud-tasks, inline, not 'queue'"),
         (

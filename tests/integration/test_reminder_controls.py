@@ -160,17 +160,24 @@ def test_a_new_plan_for_a_closed_lead_schedules_its_own_reminders(
     set_status(sql, lead, "won")
     request = make_request(lead)
     attempt = db.call(
-        "planbus_claim_request", p_request_id=str(request["id"]), p_lease_seconds=60, p_max_attempts=3
+        "planbus_claim_request",
+        p_kind="plan",
+        p_request_id=str(request["id"]),
+        p_lease_seconds=60,
+        p_max_attempts=3,
     )["attempt"]
     due = sql.execute("SELECT now() + interval '1 day' AS at").fetchone()
     assert due is not None
     db.call(
         "planbus_complete_request",
+        p_kind="plan",
         p_request_id=str(request["id"]),
         p_attempt=attempt,
         p_result={"plan": {}},
-        p_plan={},
-        p_reminders=[{"step_index": 0, "due_at": due["at"].isoformat(), "text": "Upsell"}],
+        p_completion={
+            "plan": {},
+            "reminders": [{"step_index": 0, "due_at": due["at"].isoformat(), "text": "Upsell"}],
+        },
     )
     rows = reminders_of(sql, lead)
     assert [(r["text"], r["status"]) for r in rows if r["plan_request_id"] == request["id"]] == [

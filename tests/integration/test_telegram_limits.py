@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
@@ -24,7 +25,7 @@ from support.reminder_rows import TOKEN, Sql, add_plan, reminder
 
 def take(
     db: PostgresDatabase, chat: int, *, bot: str = "1", within: float = 60, rate: float = 10, gap: float = 1
-):
+) -> dict[str, Any]:
     answer: dict[str, Any] = db.call(
         "planbus_take_telegram_slot",
         p_bot=bot,
@@ -140,7 +141,9 @@ def test_two_overlapping_calls_keep_telegrams_limits_together(database_url: str,
     for i in range(4):
         plan = add_plan(sql, telegram_id=80_000 + i, steps=tuple((f"step {s}", -60 + s) for s in range(5)))
         ids += [row["id"] for row in plan["reminders"]]
-    settings = Settings(telegram_bot_token=TOKEN, telegram_api_base=fake.base_url, function_budget_seconds=40)
+    settings = Settings(
+        telegram_bot_token=SecretStr(TOKEN), telegram_api_base=fake.base_url, function_budget_seconds=40
+    )
 
     def one_call(db: PostgresDatabase) -> dict[str, int]:
         sender = make_sender(settings)  # as the function builds it: Telegram's limits, nothing per call

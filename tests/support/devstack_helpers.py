@@ -19,7 +19,7 @@ from planbus.devstack.console import Console
 T = TypeVar("T")
 
 
-def wait_until(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.05) -> T:
+def wait_until(probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05) -> T:
     """Poll `probe` until it returns something truthy; fail with the last value after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     value = probe()

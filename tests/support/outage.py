@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -135,7 +136,23 @@ class Answers:
         return min(later, key=lambda a: a.answered, default=None)
 
 
-def summary(answers: Answers, stopped_at: float, ready_at: float) -> dict[str, object]:
+# The figures of one outage, under the names the bench prints (some start with a digit: the functional form).
+OutageFigures = TypedDict(
+    "OutageFigures",
+    {
+        "outage_seconds": float,
+        "requests_during": int,
+        "statuses_during": list[int],
+        "503_seconds_median": float | None,
+        "503_seconds_max": float | None,
+        "ready_to_first_200": float | None,
+        "503_answered_after_ready": int,
+        "503_for_requests_sent_after_ready": int,
+    },
+)
+
+
+def summary(answers: Answers, stopped_at: float, ready_at: float) -> OutageFigures:
     """The figures of one outage: how the answers during it looked, and how soon 200s came back after it."""
     during = answers.sent_between(stopped_at, ready_at)
     unavailable = [a.seconds for a in during if a.status == 503]

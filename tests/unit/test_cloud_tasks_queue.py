@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from pydantic import SecretStr
 
 from planbus.dispatch import EnqueueError, EnqueueResult, TaskQueue, TaskRequest, cloud_tasks_queue
 from planbus.dispatch.cloud_tasks import CloudTasksQueue
@@ -37,7 +38,7 @@ def fake() -> Iterator[FakeCloudTasks]:
 
 def settings_for(fake: FakeCloudTasks, **values: object) -> Settings:
     return Settings(
-        webhook_secret=SECRET,
+        webhook_secret=SecretStr(SECRET),
         cloud_tasks_queue=QUEUE,
         plan_worker_url=PLAN_URL,
         draft_worker_url=DRAFT_URL,

@@ -94,7 +94,9 @@ def test_cloud_tasks_servers_use_the_local_emulator_and_workers_never_a_real_que
     )
     assert "CLOUD_TASKS_SERVICE_ACCOUNT" not in env
     # The servers' settings are valid and point at the emulator.
-    settings = Settings(**{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields})
+    settings = Settings.model_validate(
+        {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+    )
     assert (settings.dispatch_mode, settings.worker_url("plan")) == ("cloud-tasks", "http://127.0.0.1:4002")
 
 

@@ -134,7 +134,13 @@ class Deployment:
         with and the workers' URLs known so far (`worker_urls`, by variable name)."""
         secret = secret_settings()
         names = set(setting_names())
-        env = {name: value for name, value in self.values.items() if name in names and name not in secret}
+        # DISPATCH and CLOUD_TASKS_SERVICE_ACCOUNT are settings too, but only the functions that may call
+        # the LLM get them, below.
+        env = {
+            name: value
+            for name, value in self.values.items()
+            if name in names and name not in secret and name not in DEPLOY_VARIABLES
+        }
         # functions-framework serves with THREADS threads: as many as requests the instance is sent.
         env["THREADS"] = str(function.concurrency)
         if function.calls_llm:

@@ -6,9 +6,12 @@
    enqueues a task and answers `queued`, and the emulator calls process_plan_request, which claims,
    generates and completes: the Mini App's polling shows pending → queued → processing → completed.
    Inline, handle_plan_request does the work itself: pending → processing → completed.
-4. The plan and its reminders are printed; the operator moves the first step's reminder to now
-   (`planbus_reschedule_reminder`), and the scheduler's next send_due_reminders call delivers it to the
-   local Telegram sink.
+4. The plan and its reminders are printed.
+5. The Mini App asks for a draft of the first step's message (a draft_requests row), which goes the same
+   way through handle_draft_request and process_draft_request; the draft is printed, and completing it put
+   it into that step's reminder if the reminder was still scheduled.
+6. The operator moves the first step's reminder to now (`planbus_reschedule_reminder`), and the
+   scheduler's next send_due_reminders call delivers it to the local Telegram sink.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from psycopg.rows import dict_row
 from planbus.db.postgres import PostgresDatabase
 from planbus.devstack.console import Console
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
-from planbus.devstack.render import QUEUED_STAGES, STAGES, plan_table, progress_line, reminder_table, timeline
+from planbus.devstack.render import (
+    QUEUED_STAGES,
+    STAGES,
+    draft_text,
+    plan_table,
+    progress_line,
+    reminder_table,
+    timeline,
+)
 from planbus.devstack.stack import Stack, StackOptions
 from planbus.errors import LimitExceeded
 from planbus.settings import Settings
@@ -102,8 +113,11 @@ def follow_request(
     timeout: float,
     *,
     queued: Callable[[], bool] | None = None,
+    table: str = "plan_requests",
+    noun: str = "plan",
 ) -> dict[str, Any]:
-    """Poll the row as the Mini App does until it is completed or failed, showing its progress. With
+    """Poll the row of `table` as the Mini App does until it is completed or failed, showing its progress.
+    With
     `queued` (whether the webhook has answered `queued`), a pending row that is waiting in the task queue
     shows as the `queued` stage."""
     stages = STAGES if queued is None else QUEUED_STAGES
@@ -111,10 +125,10 @@ def follow_request(
     seen: dict[str, float] = {}
     spinner = itertools.cycle("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
     while True:
-        row = app.get_request(request_id)
+        row = app.get_request(request_id, table)
         elapsed = time.monotonic() - started
         if row is None:
-            raise LookupError(f"plan request {request_id} is not visible to its own user")
+            raise LookupError(f"{noun} request {request_id} is not visible to its own user")
         status = str(row["status"])
         if status == "pending" and queued is not None and queued():
             status = "queued"
@@ -129,7 +143,7 @@ def follow_request(
             return row
         if elapsed > timeout:
             console.status(None)
-            raise TimeoutError(f"plan request {request_id} is still {status} after {timeout:.0f} s")
+            raise TimeoutError(f"{noun} request {request_id} is still {status} after {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
 
 
@@ -141,6 +155,7 @@ def run_demo(settings: Settings, console: Console, options: StackOptions) -> int
         why = "PLAN_GENERATOR=offline" if settings.plan_generator == "offline" else "no OPENAI_API_KEY set"
         console.line(f"generator: offline ({why}): deterministic plans built from the lead's own fields")
     generation_timeout = 60.0 if settings.generator == "offline" else settings.openai_timeout * 3 + 60
+    draft_timeout = 60.0 if settings.generator == "offline" else settings.draft_openai_timeout * 3 + 60
     with Stack(settings, options, console) as stack:
         for text in stack.describe():
             console.line(text)
@@ -162,12 +177,13 @@ def run_demo(settings: Settings, console: Console, options: StackOptions) -> int
             f"{lead['full_name']} ({lead['company']})\n  request {request_id}"
         )
         relay = stack.relay
-        queued = (
-            (lambda: relay.answers.get(str(request_id)) == "queued")
-            if relay is not None and options.dispatch == "cloud-tasks"
-            else None
-        )
-        row = follow_request(app, request_id, console, generation_timeout, queued=queued)
+
+        def queued_probe(request_id: uuid.UUID) -> Callable[[], bool] | None:
+            if relay is None or options.dispatch != "cloud-tasks":
+                return None
+            return lambda: relay.answers.get(str(request_id)) == "queued"
+
+        row = follow_request(app, request_id, console, generation_timeout, queued=queued_probe(request_id))
         if row["status"] != "completed":
             console.line(f"\nthe request failed: {row['error']}")
             return 1
@@ -180,6 +196,34 @@ def run_demo(settings: Settings, console: Console, options: StackOptions) -> int
             console.line("the plan scheduled no reminders")
             return 1
         first = reminders[0]
+        step = int(first["step_index"])
+        try:
+            draft_id = app.request_draft(lead["id"], step)
+        except LimitExceeded as exc:
+            console.line(
+                f"the demo user has used up today's draft requests ({exc}); run the demo on a fresh "
+                "database (unset DATABASE_URL) or raise the limit with `planbus limits`"
+            )
+            return 1
+        console.line(
+            f"\nMini App: asked for a draft of step {step + 1}'s message for {lead['full_name']}\n"
+            f"  request {draft_id}"
+        )
+        draft = follow_request(
+            app,
+            draft_id,
+            console,
+            draft_timeout,
+            queued=queued_probe(draft_id),
+            table="draft_requests",
+            noun="draft",
+        )
+        if draft["status"] != "completed":
+            console.line(f"\nthe draft request failed: {draft['error']}")
+            return 1
+        console.line(f"\ndraft for step {step + 1}:")
+        console.line(draft_text(draft["result"]))
+        first = next(r for r in app.reminders(request_id) if r["id"] == first["id"])
         if first["status"] == "scheduled" and first["due_at"] > datetime.now(UTC):
             operator = PostgresDatabase(stack.database_url)
             try:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from planbus.db.postgres import translate
 from planbus.errors import DatabaseError
+from planbus.kinds import KINDS
 
 DictConnection = psycopg.Connection[dict[str, Any]]
 
@@ -43,7 +45,7 @@ class MiniAppUser:
 
 
 class MiniApp:
-    """Insert and poll plan requests, and read reminders, as one signed-in user."""
+    """Insert and poll plan and draft requests, and read reminders, as one signed-in user."""
 
     def __init__(self, database_url: str, user: MiniAppUser) -> None:
         self.database_url = database_url
@@ -76,12 +78,30 @@ class MiniApp:
         request_id: uuid.UUID = row["id"]
         return request_id
 
-    def get_request(self, request_id: uuid.UUID | str) -> dict[str, Any] | None:
-        """The row as the Mini App polls it (only the user's own rows are visible)."""
+    def request_draft(self, lead_id: uuid.UUID | str, step_index: int) -> uuid.UUID:
+        """Insert `{lead_id, telegram_id, step_index}` into draft_requests: a message for that step (0-based)
+        of the lead's current plan; returns the new row's id."""
+        with self._as_user() as conn:
+            row = conn.execute(
+                "INSERT INTO public.draft_requests (lead_id, telegram_id, step_index) "
+                "VALUES (%s, %s, %s) RETURNING id",
+                (lead_id, self.user.telegram_id, step_index),
+            ).fetchone()
+        if row is None:
+            raise DatabaseError("the insert returned no row")
+        request_id: uuid.UUID = row["id"]
+        return request_id
+
+    def get_request(self, request_id: uuid.UUID | str, table: str = "plan_requests") -> dict[str, Any] | None:
+        """The row as the Mini App polls it from a kind's table (only the user's own rows are visible)."""
+        if table not in {kind.table for kind in KINDS}:
+            raise ValueError(f"{table!r} is not a request table")
         with self._as_user() as conn:
             return conn.execute(
-                "SELECT id, lead_id, status, result, error, attempts, created_at, updated_at "
-                "FROM public.plan_requests WHERE id = %s",
+                sql.SQL(
+                    "SELECT id, lead_id, status, result, error, attempts, created_at, updated_at "
+                    "FROM public.{} WHERE id = %s"
+                ).format(sql.Identifier(table)),
                 (request_id,),
             ).fetchone()
 

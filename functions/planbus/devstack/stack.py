@@ -31,7 +31,13 @@ from planbus.kinds import KINDS
 from planbus.migrate import default_migrations_dir, migrate
 from planbus.settings import Settings
 
-FUNCTIONS = ("handle_plan_request", "send_due_reminders", "reset_stale_requests", "telegram_auth")
+# Every kind's webhook (the relay posts each table's inserts to its kind's), the batch jobs and the auth.
+FUNCTIONS = (
+    *(kind.handle_target for kind in KINDS),
+    "send_due_reminders",
+    "reset_stale_requests",
+    "telegram_auth",
+)
 # When the supervised servers may take long to start: cold imports on a busy 2-core machine.
 SERVER_START_TIMEOUT = 90.0
 
@@ -237,7 +243,8 @@ class Stack:
         for name, url in self.urls.items():
             lines.append(f"  {name:<21} {url}  (functions-framework, pid {self.servers[name].pid})")
         if self.relay is not None:
-            lines.append(f"  {'webhook relay':<21} LISTEN planbus_events → POST handle_plan_request")
+            webhooks = ", ".join(kind.handle_target for kind in KINDS if kind.table in self.relay.targets)
+            lines.append(f"  {'webhook relay':<21} LISTEN planbus_events → POST {webhooks}")
         if self.scheduler is not None:
             lines.append(
                 f"  {'scheduler':<21} "

@@ -98,6 +98,7 @@ class RequestKind(ABC, Generic[JobT, GeneratorT, GenerationT]):
     handle_target: ClassVar[str]  # the webhook entry point
     process_target: ClassVar[str]  # the worker entry point (Cloud Tasks calls it)
     worker_url_setting: ClassVar[str]  # the setting that holds the worker's URL
+    timeout_setting: ClassVar[str]  # the setting bounding one generation (what `timeout` returns)
 
     def __repr__(self) -> str:
         return f"<request kind {self.name}>"

@@ -45,6 +45,7 @@ class DraftKind(RequestKind[DraftJob, "DraftGenerator", "DraftGeneration"]):
     handle_target = "handle_draft_request"
     process_target = "process_draft_request"
     worker_url_setting = "draft_worker_url"
+    timeout_setting = "draft_openai_timeout"
 
     def timeout(self, settings: Settings) -> float:
         return settings.draft_openai_timeout

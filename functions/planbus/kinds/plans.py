@@ -39,6 +39,7 @@ class PlanKind(RequestKind[PlanJob, "PlanGenerator", "Generation"]):
     handle_target = "handle_plan_request"
     process_target = "process_plan_request"
     worker_url_setting = "plan_worker_url"
+    timeout_setting = "openai_timeout"
 
     def check(self, settings: Settings) -> None:
         reminder_zone(settings.reminder_timezone)
