@@ -274,7 +274,7 @@ def test_the_relays_give_ups_and_refusals_are_counted(
 def test_requests_the_sweeper_recovered_as_lost_are_counted_once_each(
     db: PostgresDatabase, sql: Sql, kind: AnyKind, make_lead: Callable[..., Row]
 ) -> None:
-    settings = Settings(plan_generator="offline", draft_generator="offline", lost_webhook_seconds=60)
+    settings = Settings(plan_generator="offline", lost_webhook_seconds=60)
     lost = [insert_request(sql, kind, make_lead(3000 + n)) for n in range(2)]
     on_time = insert_request(sql, kind, make_lead(3100))
     for request in lost:

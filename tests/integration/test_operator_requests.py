@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -251,8 +252,8 @@ def test_retry_racing_claimers_never_claims_twice(
             retry, *claimers = databases
             answers = run_together(
                 [
-                    lambda: retry.call("planbus_retry_request", p_request_id=request["id"]),
-                    *[(lambda d=d: claim(d, kind, request["id"])) for d in claimers],
+                    partial(retry.call, "planbus_retry_request", p_request_id=request["id"]),
+                    *[partial(claim, d, kind, request["id"]) for d in claimers],
                 ]
             )
         finally:
@@ -277,7 +278,7 @@ def test_two_retries_at_once_retry_once(
     databases = [PostgresDatabase(database_url) for _ in range(2)]
     try:
         answers = run_together(
-            [(lambda d=d: d.call("planbus_retry_request", p_request_id=request["id"])) for d in databases]
+            [partial(d.call, "planbus_retry_request", p_request_id=request["id"]) for d in databases]
         )
     finally:
         for database in databases:
