@@ -13,15 +13,21 @@
 -- pg_net keeps responses about 6 hours, so older pg_net failures are no longer counted), from the Cloud
 -- Tasks enqueue failures and from the local relay's give-ups (both recorded with planbus_record_delivery).
 -- The sweeper records each request it re-dispatched as lost (channel 'sweeper', outcome 'recovered_lost').
--- Every part reads an index range over webhook_deliveries.created_at, and pg_net's answers an index range
--- over net._http_response.created (pg_net indexes it; `id` has no index there, and an answer is never
--- older than its request), so planbus_status stays fast however many finished rows there are.
+-- Every part reads an index range over created_at: the functions' own records through a partial index
+-- that leaves out the pg_net rows (one per request), pg_net's answers through its index on
+-- net._http_response.created (pg_net keeps hours of them), each failed one tied to its delivery through
+-- net_request_id. So planbus_status stays fast however many finished rows there are.
 
 ALTER TABLE planbus_private.webhook_deliveries DROP CONSTRAINT IF EXISTS webhook_deliveries_channel_check;
 ALTER TABLE planbus_private.webhook_deliveries ADD CONSTRAINT webhook_deliveries_channel_check
   CHECK (channel IN ('pg_net', 'cloud_tasks', 'relay', 'sweeper'));
--- `planbus requests show` finds a request's deliveries.
+-- `planbus requests show` finds a request's deliveries; planbus_status reads the functions' own records
+-- without the pg_net rows (one per request) and ties pg_net's failed answers to their requests.
 CREATE INDEX IF NOT EXISTS webhook_deliveries_request ON planbus_private.webhook_deliveries (request_id);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_recorded_at
+  ON planbus_private.webhook_deliveries (created_at) WHERE channel <> 'pg_net';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_net_request
+  ON planbus_private.webhook_deliveries (net_request_id) WHERE net_request_id IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION public.planbus_record_delivery(
   p_kind text, p_request_id uuid, p_channel text, p_outcome text, p_detail text
@@ -76,17 +82,21 @@ BEGIN
     SELECT d.kind, d.request_id, d.channel, planbus_private.recorded_cause(d.channel, d.outcome),
            d.created_at, d.detail
       FROM planbus_private.webhook_deliveries d
-     WHERE d.created_at >= p_since AND d.channel IN ('cloud_tasks', 'relay')
+     WHERE d.created_at >= p_since AND d.channel <> 'pg_net' AND d.channel IN ('cloud_tasks', 'relay')
        AND planbus_private.recorded_cause(d.channel, d.outcome) IS NOT NULL;
+  -- pg_net's failed answers first (its table holds hours, not days), then each one's delivery by id.
   IF to_regclass('net._http_response') IS NOT NULL THEN
     RETURN QUERY EXECUTE $sql$
       SELECT d.kind, d.request_id, d.channel,
              planbus_private.pg_net_cause(r.status_code, r.timed_out, r.error_msg),
              d.created_at,
              left(coalesce(r.error_msg, 'HTTP ' || r.status_code || ': ' || left(r.content, 200)), 300)
-        FROM planbus_private.webhook_deliveries d
-        JOIN net._http_response r ON r.id = d.net_request_id AND r.created >= $1
-       WHERE d.created_at >= $1 AND d.channel = 'pg_net'
+        FROM net._http_response r
+        CROSS JOIN LATERAL (
+          SELECT x.kind, x.request_id, x.channel, x.created_at FROM planbus_private.webhook_deliveries x
+           WHERE x.net_request_id = r.id AND x.channel = 'pg_net' AND x.created_at >= $1
+           ORDER BY x.id DESC LIMIT 1) d
+       WHERE r.created >= $1
          AND planbus_private.pg_net_cause(r.status_code, r.timed_out, r.error_msg) IS NOT NULL$sql$
       USING p_since;
   END IF;
@@ -144,10 +154,11 @@ BEGIN
                                   FROM (SELECT e.kind, count(DISTINCT e.request_id) AS n
                                           FROM planbus_private.webhook_deliveries e
                                          WHERE e.created_at >= now() - interval '24 hours'
-                                           AND e.channel = 'sweeper' AND e.outcome = 'recovered_lost'
+                                           AND e.channel <> 'pg_net' AND e.channel = 'sweeper'
+                                           AND e.outcome = 'recovered_lost'
                                          GROUP BY e.kind) x), '{}'))
       FROM planbus_private.webhook_deliveries d
-     WHERE d.created_at >= now() - interval '24 hours' AND d.channel = 'sweeper'
+     WHERE d.created_at >= now() - interval '24 hours' AND d.channel <> 'pg_net' AND d.channel = 'sweeper'
        AND d.outcome = 'recovered_lost'));
 END
 $$;
