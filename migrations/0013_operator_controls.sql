@@ -90,7 +90,7 @@ BEGIN
       SELECT d.kind, d.request_id, d.channel,
              planbus_private.pg_net_cause(r.status_code, r.timed_out, r.error_msg),
              d.created_at,
-             left(coalesce(r.error_msg, 'HTTP ' || r.status_code || ': ' || left(r.content, 200)), 300)
+             left(coalesce(r.error_msg, 'HTTP ' || r.status_code || coalesce(': ' || left(r.content, 200), '')), 300)
         FROM net._http_response r
         CROSS JOIN LATERAL (
           SELECT x.kind, x.request_id, x.channel, x.created_at FROM planbus_private.webhook_deliveries x
