@@ -163,7 +163,9 @@ BEGIN
 END
 $$;
 
--- Per kind: pending rows and the oldest one's age (from the kind's partial index on pending rows).
+-- Per kind: pending rows, the oldest one's age, and how long the longest-waiting runnable one has been
+-- runnable (`oldest_due_seconds`: since its run_after, so a retry waiting for its backoff is not late).
+-- Both come from the kind's partial index on pending rows.
 CREATE OR REPLACE FUNCTION planbus_private.pending_by_kind() RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
@@ -175,7 +177,9 @@ BEGIN
     EXECUTE format($sql$
       SELECT jsonb_build_object(
                'pending', count(*),
-               'oldest_pending_seconds', round(extract(epoch FROM now() - min(created_at)), 1))
+               'oldest_pending_seconds', round(extract(epoch FROM now() - min(created_at)), 1),
+               'oldest_due_seconds',
+                 round(extract(epoch FROM now() - min(run_after) FILTER (WHERE run_after <= now())), 1))
         FROM public.%I WHERE status = 'pending'$sql$, k.table_name)
       INTO part;
     answer := answer || jsonb_build_object(k.kind, part);
@@ -185,7 +189,7 @@ END
 $$;
 
 -- planbus_status (migration 0009) with two more sections: `deliveries` (delivery_status above) and
--- `pending_by_kind` ({kind: {pending, oldest_pending_seconds}}).
+-- `pending_by_kind` ({kind: {pending, oldest_pending_seconds, oldest_due_seconds}}).
 -- The 0009 function is moved out of the way and wrapped, so its sections stay exactly as they are.
 ALTER FUNCTION public.planbus_status() RENAME TO status_sections;
 ALTER FUNCTION public.status_sections() SET SCHEMA planbus_private;

@@ -184,13 +184,29 @@ def test_a_pending_request_older_than_twice_the_lost_webhook_time_fails_the_chec
     capsys.readouterr()
 
     sql.execute(
-        f"UPDATE public.{kind.table} SET created_at = now() - interval '121 seconds' WHERE id = %s",
+        f"UPDATE public.{kind.table} SET created_at = now() - interval '121 seconds',"
+        " run_after = now() - interval '121 seconds' WHERE id = %s",
         (request["id"],),
     )
     assert main(["status", "--check"]) == 1
     err = capsys.readouterr().err
     assert f"the oldest pending {kind.name} request has waited 2 m 01 s" in err
     assert "more than twice LOST_WEBHOOK_SECONDS: 2 m 00 s" in err
+
+
+def test_a_retry_waiting_for_its_backoff_does_not_fail_the_check(
+    sql: Sql, cli_env: None, kind: AnyKind, make_lead: Callable[..., Row], capsys: pytest.CaptureFixture[str]
+) -> None:
+    request = insert_request(sql, kind, make_lead(1001))
+    sql.execute(
+        f"UPDATE public.{kind.table} SET created_at = now() - interval '1 hour', attempts = 1,"
+        " run_after = now() + interval '5 minutes' WHERE id = %s",
+        (request["id"],),
+    )
+    assert main(["status", "--check", "--json"]) == 0
+    pending = json.loads(capsys.readouterr().out)["pending_by_kind"][kind.name]
+    assert pending["pending"] == 1 and pending["oldest_pending_seconds"] >= 3600
+    assert pending["oldest_due_seconds"] is None
 
 
 def test_a_bad_threshold_is_refused(cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:

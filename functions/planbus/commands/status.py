@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
 def check(status: dict[str, Any], *, max_failures: int, max_pending_seconds: float) -> list[str]:
     """What makes an uptime check fail: more than `max_failures` failed deliveries in the last 5 minutes,
-    or a pending request older than `max_pending_seconds` (of any kind). Empty when all is well."""
+    or a pending request of any kind that has been runnable for more than `max_pending_seconds` (a retry
+    waiting for its backoff is not late). Empty when all is well."""
     problems = []
     deliveries = status.get("deliveries")
     if deliveries is not None and deliveries["last_5m"] > max_failures:
@@ -79,7 +80,7 @@ def check(status: dict[str, Any], *, max_failures: int, max_pending_seconds: flo
     # A database before migration 0013 has only the plan kind's numbers.
     pending = status["pending_by_kind"] if "pending_by_kind" in status else {"plan": status["requests"]}
     for kind, counts in sorted(pending.items()):
-        oldest = counts.get("oldest_pending_seconds")
+        oldest = counts.get("oldest_due_seconds", counts.get("oldest_pending_seconds"))
         if oldest is not None and oldest > max_pending_seconds:
             problems.append(
                 f"the oldest pending {kind} request has waited {age(oldest)} "
