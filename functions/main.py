@@ -288,6 +288,11 @@ def _refusal(name: str, request: flask.Request, *, settings: Settings | None) ->
     """401 without the shared secret (when `settings` are given to check it), 405 unless POST; None when
     the request may go on (its body is then read with `http.read_body`, which refuses one too large)."""
     if settings is not None and not http.is_authorized(request, settings):
+        # The path only, never the query string (`?token=` may carry the presented secret).
+        logs.get_logger(name).warning(
+            "refused: missing or wrong webhook secret",
+            extra={"fields": {"caller": http.caller_address(request), "path": request.path}},
+        )
         return _error(401, "missing or wrong webhook secret")
     if request.method != "POST":
         return _error(405, f"{name} takes POST")

@@ -18,6 +18,7 @@ COMMANDS = {
     "status": "queue depth, oldest pending age, stale rows, recent failures",
     "limits": "show or change the daily plan-request limit per user",
     "leads": "show or change the lead statuses that stop a lead's reminders",
+    "requests": "show, retry or list requests of any kind",
     "deploy": "deploy to Google Cloud (what ./deploy.sh runs): check, then run or print every command",
 }
 

@@ -114,6 +114,13 @@ def is_authorized(request: flask.Request, settings: Settings) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def caller_address(request: flask.Request) -> str | None:
+    """The client's address: the first `X-Forwarded-For` hop (Cloud Run's front end sets it), else the
+    socket's peer."""
+    forwarded = request.headers.get("X-Forwarded-For", "").split(",", 1)[0].strip()
+    return forwarded or request.remote_addr
+
+
 def error(status: int, message: str) -> Response:
     return {"error": message}, status
 

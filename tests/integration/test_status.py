@@ -234,7 +234,15 @@ def test_status_is_for_the_service_role_only(sql: SQL) -> None:
         sql.execute("SET LOCAL ROLE service_role")
         status = sql.execute("SELECT public.planbus_status() AS s").fetchone()
         assert status is not None
-        assert set(status["s"]) == {"generated_at", "requests", "failures_24h", "reminders", "limits"}
+        assert set(status["s"]) == {
+            "generated_at",
+            "requests",
+            "failures_24h",
+            "reminders",
+            "limits",
+            "deliveries",
+            "pending_by_kind",
+        }
 
 
 def test_status_json_prints_the_status_object(
@@ -245,7 +253,15 @@ def test_status_json_prints_the_status_object(
     printed = json.loads(capsys.readouterr().out)
     assert printed["requests"]["stale"] == 1
     assert printed["failures_24h"]["top_errors"][0]["count"] == 2
-    assert set(printed) == {"generated_at", "requests", "failures_24h", "reminders", "limits"}
+    assert set(printed) == {
+        "generated_at",
+        "requests",
+        "failures_24h",
+        "reminders",
+        "limits",
+        "deliveries",
+        "pending_by_kind",
+    }
 
 
 def test_status_in_a_terminal_reads_as_sections(

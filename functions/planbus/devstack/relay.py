@@ -8,6 +8,9 @@ delivery (connection refused while a server restarts, a timeout, a 5xx) a few ti
 every (re)connect it re-delivers the rows of every kind still pending, since notifications sent while it
 was away are lost. A delivery is only a hint: the function claims rows atomically, so a duplicate is
 answered `skipped`, and anything the relay gives up on is left to the sweeper (`reset_stale_requests`).
+Each give-up and each refusal (4xx) is recorded with planbus_record_delivery (channel 'relay', the
+outcome its cause: refused_401, client_error, server_error, timeout, connection_error), so `planbus
+status` counts it as pg_net's failures are counted in the cloud.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psycopg
 from psycopg import sql
 
 from planbus.devstack.console import Console
@@ -70,6 +74,7 @@ class WebhookRelay:
         concurrency: int = 8,
     ) -> None:
         self.targets = dict(targets)
+        self.database_url = database_url
         self.console = console
         self.attempts = attempts
         self.base_delay = base_delay
@@ -128,12 +133,14 @@ class WebhookRelay:
                 response = self._client.post(url, content=payload, headers=self._headers)
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                cause = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
             else:
                 elapsed_ms = round((time.monotonic() - started) * 1000)
                 if response.status_code < 500:
-                    self._delivered(request_id, response, elapsed_ms)
+                    self._delivered(payload, request_id, response, elapsed_ms)
                     return
                 problem = f"HTTP {response.status_code}"
+                cause = "server_error"
             if attempt == self.attempts or self._stop.is_set():
                 break
             delay = self.base_delay * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
@@ -155,8 +162,28 @@ class WebhookRelay:
             "the sweeper (reset_stale_requests) will process the row",
             request_id=request_id,
         )
+        self._record(payload, cause, f"gave up after {attempt} attempt(s): {problem}")
 
-    def _delivered(self, request_id: str | None, response: httpx.Response, elapsed_ms: int) -> None:
+    def _record(self, payload: str, outcome: str, detail: str) -> None:
+        """Keep a failed delivery in webhook_deliveries; a database that cannot take it is only reported."""
+        kind = kind_for_table(_table(payload) or "")
+        request_id = _request_id(payload)
+        if kind is None or request_id is None:
+            return
+        try:
+            with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(
+                    "SELECT public.planbus_record_delivery(%s, %s, 'relay', %s, %s)",
+                    (kind.name, request_id, outcome, detail),
+                )
+        except psycopg.Error as exc:
+            self.console.event(
+                "relay", "WARNING", f"delivery failure not recorded: {exc}".strip(), request_id=request_id
+            )
+
+    def _delivered(
+        self, payload: str, request_id: str | None, response: httpx.Response, elapsed_ms: int
+    ) -> None:
         with self._count_lock:
             self.delivered += 1
         try:
@@ -172,6 +199,8 @@ class WebhookRelay:
                 request_id=request_id,
                 answer=answer,
             )
+            cause = "refused_401" if response.status_code == 401 else "client_error"
+            self._record(payload, cause, f"HTTP {response.status_code}: {response.text[:200]}")
             return
         if request_id is not None and isinstance(answer.get("outcome"), str):
             with self._count_lock:

@@ -12,6 +12,8 @@ One call, in this order (the quick steps first, so a long LLM call cannot starve
      webhook's own use case, whose atomic claim makes a concurrent webhook or sweeper skip the row;
    - cloud-tasks: each attempt is enqueued for its worker instead (no LLM call inside the sweeper's
      budget); a task the webhook or a worker already created is a duplicate the queue refuses.
+   A first attempt re-dispatched here (its webhook never started it) is recorded as a delivery on
+   channel 'sweeper', outcome 'recovered_lost': `planbus status` counts them.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ def reset_stale_requests(
                 handed = enqueue_attempt(RequestStates(db, kind.name), queue, task)
                 what, reason = handed.handed, handed.outcome.reason
             log.info("lost request re-dispatched: %s", what, extra={"fields": {"reason": reason}})
+            if request.attempt == 1:
+                # A first attempt the webhook never started: `planbus status` counts these as recovered.
+                RequestStates(db, kind.name).record_delivery(
+                    request.id, channel="sweeper", outcome="recovered_lost", detail=what
+                )
         outcomes[what] += 1
         per_kind[kind.name]["redispatched"] += 1
     counts = RecoveryCounts(
