@@ -361,6 +361,22 @@ def test_realtime_publish_names_the_kind_in_its_event(
     ]
 
 
+def test_realtime_publish_uses_each_kinds_own_channel_when_one_is_stored(
+    db: PostgresDatabase, sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead
+) -> None:
+    # What `planbus deploy` stores on InsForge: the shared channel (plans, for older triggers) and one per kind.
+    sql.execute(FAKE_REALTIME)
+    store(db, "realtime_channel", "planbus-plan")
+    for kind in KINDS:
+        store(db, f"realtime_channel_{kind.name}", f"planbus-{kind.name}")
+    for n, kind in enumerate(KINDS):
+        insert_request(sql, kind, make_lead(telegram_id=n))
+    published = sql.execute("SELECT channel, event FROM realtime.published").fetchall()
+    assert [(p["channel"], p["event"]) for p in published] == [
+        (f"planbus-{kind.name}", f"{kind.name}_request_inserted") for kind in KINDS
+    ]
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
