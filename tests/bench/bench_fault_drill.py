@@ -217,7 +217,7 @@ def summarise(
         lost: dict[str, int] = dict(
             conn.execute(
                 "SELECT CASE WHEN starts_with(message, %s) THEN 'lease expired' ELSE 'other' END, "
-                "count(*) FROM planbus_private.plan_request_errors GROUP BY 1",
+                f"count(*) FROM {targets.ERRORS_TABLE} WHERE {targets.ERRORS_OF_KIND} GROUP BY 1",
                 (targets.LEASE_EXPIRED,),
             ).fetchall()
         )

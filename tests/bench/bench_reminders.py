@@ -21,9 +21,10 @@ import data
 import httpx
 import psycopg
 import targets
-from support.fake_telegram import FakeTelegram
 from harness import Check, Column, Context, Result, Table, ratio
 from servers import running
+
+from support.fake_telegram import FakeTelegram
 
 TELEGRAM_LIMIT = 30.0
 
