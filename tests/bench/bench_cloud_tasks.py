@@ -167,7 +167,7 @@ def drain(url: str, ids: list[str], llm: SlowLLM, llm_seconds: float, calls_befo
                 last_report = time.monotonic()
             time.sleep(1.0)
         took = time.monotonic() - started
-        attempts = dict(
+        attempts: dict[int, int] = dict(
             conn.execute(
                 "SELECT attempts, count(*) FROM plan_requests WHERE id = ANY(%s::uuid[]) GROUP BY 1", (ids,)
             ).fetchall()

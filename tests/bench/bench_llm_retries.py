@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx2
 import psycopg
+from pydantic import SecretStr
 from scratch import scratch_database, server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,7 +49,7 @@ def main() -> int:
     parser.add_argument("--answer", choices=["429", "503", "unreachable"], default="429")
     parser.add_argument("--retry-after", default="30", help="the 429's retry-after header")
     args = parser.parse_args()
-    settings = Settings(openai_api_key="sk-bench", openai_timeout=60)
+    settings = Settings(openai_api_key=SecretStr("sk-bench"), openai_timeout=60)
 
     fake = failing_api(args.answer, args.retry_after)
     slept: list[float] = []
