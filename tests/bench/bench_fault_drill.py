@@ -109,6 +109,8 @@ def run(ctx: Context) -> Result:
         "plan_generator": "openai",
         "openai_api_key": "sk-bench",
         "openai_timeout": lease - 2,
+        # The lease must outlive every kind's LLM call, drafts included (the settings refuse otherwise).
+        "draft_openai_timeout": lease - 2,
         "lease_seconds": lease,
         "lost_webhook_seconds": ctx.size.pick(5, 3, 2),
         "function_budget_seconds": ctx.size.pick(20, 10, 5),
@@ -227,7 +229,7 @@ def summarise(
                    extract(epoch FROM d.at - r.created_at)::float * 1000
               FROM {targets.REQUESTS_TABLE} r
               JOIN LATERAL (SELECT min(at) AS at FROM bench.transitions t
-                             WHERE t.id = r.id AND t.status = %s) d ON true
+                             WHERE t.id = r.id AND t.status = %s) d ON d.at IS NOT NULL
             """,
             (targets.COMPLETED,),
         ).fetchall()
