@@ -109,6 +109,8 @@ def run(ctx: Context) -> Result:
         "plan_generator": "openai",
         "openai_api_key": "sk-bench",
         "openai_timeout": lease - 2,
+        # The lease must outlive every kind's LLM call, drafts included (the settings refuse otherwise).
+        "draft_openai_timeout": lease - 2,
         "lease_seconds": lease,
         "lost_webhook_seconds": ctx.size.pick(5, 3, 2),
         "function_budget_seconds": ctx.size.pick(20, 10, 5),
@@ -217,7 +219,7 @@ def summarise(
         lost: dict[str, int] = dict(
             conn.execute(
                 "SELECT CASE WHEN starts_with(message, %s) THEN 'lease expired' ELSE 'other' END, "
-                "count(*) FROM planbus_private.plan_request_errors GROUP BY 1",
+                f"count(*) FROM {targets.ERRORS_TABLE} WHERE {targets.ERRORS_OF_KIND} GROUP BY 1",
                 (targets.LEASE_EXPIRED,),
             ).fetchall()
         )
@@ -227,7 +229,7 @@ def summarise(
                    extract(epoch FROM d.at - r.created_at)::float * 1000
               FROM {targets.REQUESTS_TABLE} r
               JOIN LATERAL (SELECT min(at) AS at FROM bench.transitions t
-                             WHERE t.id = r.id AND t.status = %s) d ON true
+                             WHERE t.id = r.id AND t.status = %s) d ON d.at IS NOT NULL
             """,
             (targets.COMPLETED,),
         ).fetchall()

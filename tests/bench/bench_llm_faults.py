@@ -67,6 +67,8 @@ def run(ctx: Context) -> Result:
         "openai_api_key": "sk-bench",
         "openai_base_url": fake.base_url,
         "openai_timeout": openai_timeout,
+        # The lease must outlive every kind's LLM call, drafts included (the settings refuse otherwise).
+        "draft_openai_timeout": openai_timeout,
         "lease_seconds": 20,
         "max_attempts": MAX_ATTEMPTS,
     }
@@ -134,6 +136,16 @@ def run(ctx: Context) -> Result:
     checks = [
         Check("rows left processing", float(final["processing"]), "==", 0.0, "must", ""),
         Check("rows left pending past their backoff", float(final["overdue"]), "==", 0.0, "must", ""),
+        # A worker that cannot start or refuses every webhook leaves nothing stuck either: each request
+        # must have been attempted.
+        Check(
+            "requests attempted at least once",
+            float(sum(count for used, count in attempts.items() if used >= 1)),
+            "==",
+            float(n),
+            "must",
+            "",
+        ),
     ]
     if drain:
         checks.append(

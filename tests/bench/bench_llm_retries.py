@@ -96,8 +96,8 @@ def main() -> int:
                     str(row[0]) for row in conn.execute("SELECT status FROM plan_requests").fetchall()
                 )
                 history = conn.execute(
-                    "SELECT attempt, message FROM planbus_private.plan_request_errors"
-                    " WHERE request_id = %s ORDER BY id",
+                    "SELECT attempt, message FROM planbus_private.request_errors"
+                    " WHERE kind = 'plan' AND request_id = %s ORDER BY id",
                     (ids[0],),
                 ).fetchall()
         finally:

@@ -2,8 +2,11 @@
 
 Requests arrive as a Poisson stream (one connection inserting, at a steady average rate), the same
 stream for every path, one path after the other:
-- each of planbus's dispatch paths (targets.PICKUP_PATHS; today the local relay: trigger → pg_notify →
-  WebhookRelay → handle_plan_request, inline, offline plans);
+- each of planbus's dispatch paths (targets.PICKUP_PATHS: the local relay, trigger → pg_notify →
+  WebhookRelay → handle_plan_request, inline; and the same relay to handle_plan_request with
+  DISPATCH=cloud-tasks, which enqueues on the local Cloud Tasks emulator, which posts to
+  process_plan_request; offline plans). The target is set for the inline path; the emulator's dispatch
+  latency is the emulator's (it polls its queue), not a figure of Cloud Tasks in production;
 - the bare baseline: a NOTIFY trigger on bench.bare_requests → bare.BareRelay → bare_main.bare_worker;
 - the 3-second poller planbus replaces (bare.Poller), with the bare function's statements.
 Times are the server's own: from the row's created_at (its insert's transaction start) to the first
@@ -168,6 +171,7 @@ def run(ctx: Context) -> Result:
             1.3,
         )
         for label, _ in paths
+        if label == targets.PICKUP_TARGET_PATH
     ]
     checks += [
         Check(f"{label}: every request measured", float(len(values[0])), "==", float(n), "must", "")
@@ -183,4 +187,11 @@ def run(ctx: Context) -> Result:
         },
         tables=[table],
         checks=checks,
+        notes=[
+            f"{label}: measured beside the target path; its dispatch runs through the local Cloud Tasks "
+            "emulator, which polls its queue and posts one task at a time, so its latency is the "
+            "emulator's, not Cloud Tasks' in production"
+            for label, _ in paths
+            if label != targets.PICKUP_TARGET_PATH
+        ],
     )

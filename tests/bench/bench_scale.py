@@ -58,7 +58,7 @@ def run(ctx: Context) -> Result:
             data.finished_history(conn, 0, size, history)
             conn.execute("RESET session_replication_role")
             conn.execute("VACUUM (ANALYZE) public.plan_requests, public.reminders, public.leads")
-            conn.execute("VACUUM (ANALYZE) planbus_private.plan_request_errors")
+            conn.execute(f"VACUUM (ANALYZE) {targets.ERRORS_TABLE}")
             built[size] = time.monotonic() - started
             conns[size], operations[size] = conn, targets.scale_operations(fixture)
         for name in operations[small]:
@@ -78,7 +78,7 @@ def run(ctx: Context) -> Result:
             .execute(
                 "SELECT 'requests', count(*) FROM public.plan_requests UNION ALL "
                 "SELECT 'reminders', count(*) FROM public.reminders UNION ALL "
-                "SELECT 'errors', count(*) FROM planbus_private.plan_request_errors"
+                f"SELECT 'errors', count(*) FROM {targets.ERRORS_TABLE}"
             )
             .fetchall()
         )

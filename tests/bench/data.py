@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import targets
 from targets import ScaleFixture
 
 Conn = psycopg.Connection[Any]
@@ -149,8 +150,8 @@ def finished_history(conn: Conn, start: int, stop: int, result: str) -> None:
     )
     conn.execute(
         f"""
-        INSERT INTO planbus_private.plan_request_errors (request_id, attempt, at, message)
-        SELECT {request}, a, now() - random() * interval '30 days',
+        INSERT INTO {targets.ERRORS_TABLE} (kind, request_id, attempt, at, message)
+        SELECT '{targets.KIND}', {request}, a, now() - random() * interval '30 days',
                CASE WHEN n %% 20 = 0 THEN 'OpenAI answered 503: upstream overloaded'
                     ELSE 'OpenAI did not answer within 60 s' END
           FROM generate_series(%(start)s + 1, %(stop)s) AS n,

@@ -4,12 +4,14 @@ Everything a benchmark does to planbus goes through here, so that when the reque
 dispatch path or the status report change, only this module (and data.py, for the columns it fills)
 follows. By benchmark:
 
-    pickup        PICKUP_PATHS: how an insert reaches the worker (today: the local relay, inline)
+    pickup        PICKUP_PATHS: how an insert reaches the worker (the local relay, inline; and the webhook
+                  enqueueing on the Cloud Tasks emulator, which calls the worker)
     throughput    WORKER_TARGET, worker_body, outcome_of: how to ask the worker to process one request
     profile       claim_sql, complete_sql, sample_result: the claim and completion as SQL, and a result
     insert        as_mini_app: the statements PostgREST runs for a signed-in user
     scale         scale_operations: each hot statement, as it is called today
-    cold start    first_request: one meaningful first call per target of functions/main.py
+    cold start    first_request: one meaningful first call per target of functions/main.py (the ones
+                  tests/support/first_requests.py defines)
     reminders     REMINDERS_TARGET, reminder_env
     drill, faults request_path (webhook and worker servers), WEBHOOK_CHANNEL, webhook_body,
                   SWEEPER_TARGET, LEASE_EXPIRED, function_env
@@ -18,6 +20,7 @@ follows. By benchmark:
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -26,9 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
 from servers import FunctionServer, running
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
 MAIN = ROOT / "functions" / "main.py"
 SECRET = "bench-webhook-secret-3b6f1c0e"
 BOT_TOKEN = "7000000001:AAFbenchTOKENforPLANBUSsignINchecks_0"
@@ -40,8 +46,11 @@ CLAIMED = "processing"
 COMPLETED = "completed"
 FINISHED = ("completed", "failed")
 
-# The target that takes one request from pending to completed, and the webhook the database calls.
-WORKER_TARGET = "handle_plan_request"
+# The kind of request the benchmarks make (the state machine's SQL functions take it first).
+KIND = "plan"
+# The target that takes one request from pending to completed (what Cloud Tasks calls), and the webhook
+# the database calls (inline, it does the work itself; with Cloud Tasks, it enqueues for the worker).
+WORKER_TARGET = "process_plan_request"
 WEBHOOK_TARGET = "handle_plan_request"
 # Where the local trigger publishes each insert (pg_notify), and what the relay posts to the webhook.
 WEBHOOK_CHANNEL = "planbus_events"
@@ -55,8 +64,8 @@ def headers() -> dict[str, str]:
 
 def function_env(database_url: str, **settings: object) -> dict[str, str | None]:
     """The environment of a planbus function server: this database, the secret, the offline generator,
-    INFO logs as deployed, no Supabase or OpenAI from the caller's shell; `settings` (lower_case names of
-    the settings) override."""
+    INFO logs as deployed, inline dispatch, no Supabase, OpenAI or Cloud Tasks from the caller's shell;
+    `settings` (lower_case names of the settings) override."""
     env: dict[str, str | None] = {
         "DATABASE_URL": database_url,
         "WEBHOOK_SECRET": SECRET,
@@ -67,6 +76,12 @@ def function_env(database_url: str, **settings: object) -> dict[str, str | None]
         "OPENAI_API_KEY": None,
         "OPENAI_BASE_URL": None,
         "TELEGRAM_BOT_TOKEN": None,
+        "DISPATCH": "inline",
+        "CLOUD_TASKS_QUEUE": None,
+        "CLOUD_TASKS_EMULATOR_HOST": None,
+        "CLOUD_TASKS_SERVICE_ACCOUNT": None,
+        "PLAN_WORKER_URL": None,
+        "DRAFT_WORKER_URL": None,
     }
     env.update({name.upper(): None if value is None else str(value) for name, value in settings.items()})
     return env
@@ -89,8 +104,8 @@ def webhook_body(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_body(request_id: str) -> dict[str, Any]:
-    """What the worker target is posted to process one request."""
-    return webhook_body({"id": request_id})
+    """What the worker target is posted to process one request (a Cloud Tasks task's body)."""
+    return {"request_id": request_id}
 
 
 def outcome_of(answer: dict[str, Any]) -> str:
@@ -118,6 +133,35 @@ def request_path(database_url: str, log_dir: Path, **settings: object) -> Iterat
         yield RequestPath(webhook.url, webhook)
 
 
+@contextmanager
+def cloud_tasks_path(database_url: str, log_dir: Path, **settings: object) -> Iterator[RequestPath]:
+    """Cloud Tasks dispatch on the local emulator: handle_plan_request (DISPATCH=cloud-tasks) enqueues
+    {"request_id"}, the emulator posts it to a process_plan_request server, which does the work."""
+    from planbus.devstack.console import Console
+    from planbus.devstack.tasks_emulator import TasksEmulator
+
+    with (log_dir / "tasks-emulator.log").open("w") as emulator_log:
+        emulator = TasksEmulator(Console(emulator_log, min_severity="WARNING"))
+        emulator.start()
+        try:
+            worker = server(WORKER_TARGET, database_url, log_dir / "worker.log", **settings)
+            queue = {name.lower(): value for name, value in emulator.environment().items()}
+            webhook = server(
+                WEBHOOK_TARGET,
+                database_url,
+                log_dir / "webhook.log",
+                **{**settings, **queue, "plan_worker_url": worker.url},
+            )
+            with running(worker, webhook):
+                yield RequestPath(webhook.url, worker)
+        finally:
+            emulator.stop()
+
+
+# The error history: one row per failed attempt, of every kind (ERRORS_OF_KIND narrows it to ours).
+ERRORS_TABLE = "planbus_private.request_errors"
+ERRORS_OF_KIND = f"kind = '{KIND}'"
+
 # Every attempt that lost its lease (a killed worker, a worker cut off from the database) leaves an error
 # history row whose message starts so.
 LEASE_EXPIRED = "lease expired"
@@ -127,15 +171,15 @@ LEASE_EXPIRED = "lease expired"
 
 
 @contextmanager
-def relay_path(database_url: str, log_dir: Path) -> Iterator[None]:
-    """The local stack's inline path: trigger → pg_notify → WebhookRelay → handle_plan_request."""
+def _relayed(database_url: str, webhook_url: str, log: Path) -> Iterator[None]:
+    """The local stack's relay: pg_notify('planbus_events') → `webhook_url`, as pg_net posts it."""
     from planbus.devstack.console import Console
     from planbus.devstack.relay import WebhookRelay
 
-    with request_path(database_url, log_dir) as path, (log_dir / "relay.log").open("w") as relay_log:
+    with log.open("w") as relay_log:
         relay = WebhookRelay(
             database_url,
-            path.webhook_url,
+            {REQUESTS_TABLE.removeprefix("public."): webhook_url},
             SECRET,
             console=Console(relay_log, min_severity="WARNING"),
             timeout=60,
@@ -147,9 +191,34 @@ def relay_path(database_url: str, log_dir: Path) -> Iterator[None]:
             relay.stop()
 
 
+@contextmanager
+def relay_path(database_url: str, log_dir: Path) -> Iterator[None]:
+    """The local stack's inline path: trigger → pg_notify → WebhookRelay → handle_plan_request."""
+    with (
+        request_path(database_url, log_dir) as path,
+        _relayed(database_url, path.webhook_url, log_dir / "relay.log"),
+    ):
+        yield
+
+
+@contextmanager
+def relay_cloud_tasks_path(database_url: str, log_dir: Path) -> Iterator[None]:
+    """The deployed path, locally: trigger → pg_notify → WebhookRelay → handle_plan_request
+    (DISPATCH=cloud-tasks) → the Cloud Tasks emulator → process_plan_request."""
+    with (
+        cloud_tasks_path(database_url, log_dir) as path,
+        _relayed(database_url, path.webhook_url, log_dir / "relay-tasks.log"),
+    ):
+        yield
+
+
 PICKUP_PATHS: dict[str, Callable[[str, Path], AbstractContextManager[None]]] = {
     "planbus, local relay (inline)": relay_path,
+    "planbus, relay → Cloud Tasks emulator → worker": relay_cloud_tasks_path,
 }
+# The path the pickup target is set for; the others are measured beside it. The emulator's dispatch is
+# its own (it polls its queue and posts one task at a time), not Cloud Tasks' in production.
+PICKUP_TARGET_PATH = "planbus, local relay (inline)"
 
 
 # --- the claim and the completion as SQL ------------------------------------------------------------
@@ -200,14 +269,14 @@ def _literal(text: str) -> str:
 
 
 def claim_sql(request_id: str) -> str:
-    return f"SELECT public.planbus_claim_request('{request_id}'::uuid, 180, 3)"
+    return f"SELECT public.planbus_claim_request('{KIND}', '{request_id}'::uuid, 180, 3)"
 
 
 def complete_sql(request_id: str, sample: SampleResult, attempt: int = 1) -> str:
+    completion = f'{{"plan": {sample.plan}, "reminders": {sample.reminders}}}'
     return (
-        f"SELECT public.planbus_complete_request('{request_id}'::uuid, {attempt}, "
-        f"{_literal(sample.result)}::jsonb, {_literal(sample.plan)}::jsonb, "
-        f"{_literal(sample.reminders)}::jsonb)"
+        f"SELECT public.planbus_complete_request('{KIND}', '{request_id}'::uuid, {attempt}, "
+        f"{_literal(sample.result)}::jsonb, {_literal(completion)}::jsonb)"
     )
 
 
@@ -265,8 +334,8 @@ def scale_operations(fixture: ScaleFixture) -> dict[str, list[str]]:
             f"VALUES ('{new_id}', '{fixture.free_lead_id}', {fixture.free_telegram_id})",
             claim_sql(new_id),
         ],
-        "lost-webhook scan": ["SELECT public.planbus_find_lost_requests(60, 20)"],
-        "stale reset": ["SELECT public.planbus_reset_stale_requests(3)"],
+        "lost-webhook scan": [f"SELECT public.planbus_find_lost_requests('{KIND}', 60, 20)"],
+        "stale reset": [f"SELECT public.planbus_reset_stale_requests('{KIND}', 3)"],
         "due-reminder claim": ["SELECT public.planbus_claim_due_reminders(30, 105, 5)"],
         "status report": ["SELECT public.planbus_status()"],
         "Mini App poll by id": [
@@ -286,25 +355,18 @@ class FirstRequest:
     expect: int = 200
 
 
-def first_request(target: str, pending_request_id: str) -> FirstRequest | None:
-    """The first call a fresh instance of `target` answers; None for a target this module does not know."""
-    if target == WORKER_TARGET:
-        return FirstRequest(worker_body(pending_request_id), {})
-    if target in (SWEEPER_TARGET, REMINDERS_TARGET):
-        return FirstRequest({}, {})
-    if target == "telegram_auth":
-        from planbus.initdata import sign_init_data
+def first_request(target: str, database_url: str) -> FirstRequest | None:
+    """The first call a fresh instance of `target` answers, doing the target's real work: the rows it
+    needs are made in `database_url` now (tests/support/first_requests.py defines them, for the import
+    tests too). None for a target that module does not know."""
+    from support.first_requests import FIRST_REQUESTS
 
-        fields = {
-            "query_id": "AAHdF6IQAAAAAN0XohDhrOrc",
-            "user": json.dumps({"id": 279058397, "first_name": "Ada", "username": "ada"}),
-            "auth_date": str(int(datetime.now(UTC).timestamp())),
-        }
-        return FirstRequest(
-            {"init_data": sign_init_data(fields, BOT_TOKEN)},
-            {"TELEGRAM_BOT_TOKEN": BOT_TOKEN, "SUPABASE_JWT_SECRET": JWT_SECRET},
-        )
-    return None
+    arrange = FIRST_REQUESTS.get(target)
+    if arrange is None:
+        return None
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        first = arrange(conn)
+    return FirstRequest(first.body or {}, first.env)
 
 
 # --- reminders ---------------------------------------------------------------------------------------

@@ -182,6 +182,12 @@ def test_completion_is_all_or_nothing_when_a_write_fails_midway(
             "reminder 0 needs a non-empty text",
         ),
         (reminders([*schedule(0), *schedule(0)]), "reminder 1: step_index 0 appears twice"),
+        # The first offending reminder is named, by its first failing check, whatever follows it.
+        (
+            reminders([*schedule(0), {"step_index": 0, "due_at": "next week", "text": "hi"}]),
+            "reminder 1: step_index 0 appears twice",
+        ),
+        (reminders([*schedule(0), "step 1", {"text": "  "}]), "reminder 1 must be an object"),
         (
             reminders([{"step_index": 0, "due_at": "next week", "text": "hi"}]),
             "invalid input syntax for type timestamp",
