@@ -364,7 +364,7 @@ def test_realtime_publish_names_the_kind_in_its_event(
 def test_realtime_publish_uses_each_kinds_own_channel_when_one_is_stored(
     db: PostgresDatabase, sql: Conn, listener: psycopg.Connection[Any], make_lead: MakeLead
 ) -> None:
-    # What `planbus deploy` stores on InsForge: the shared channel (plans, for older triggers) and one per kind.
+    # What `planbus deploy` stores on InsForge: the shared channel (older triggers) and one per kind.
     sql.execute(FAKE_REALTIME)
     store(db, "realtime_channel", "planbus-plan")
     for kind in KINDS:
