@@ -7,9 +7,9 @@
                          no limits
 
 Telegram's limits hold per bot, across every call and instance that sends for it, so they are kept in the
-database (migration 0011): SendBudget takes a slot there before each message (planbus_take_telegram_slot),
-spaces a chat's next message from the moment one was delivered (planbus_telegram_delivered), and pauses
-the bot for everyone after a 429 (planbus_pause_telegram).
+database (migrations 0011, 0016): SendBudget takes a send there before each message
+(planbus_take_telegram_send) and reports it over after Telegram's answer (planbus_telegram_send_done),
+which spaces the chat's next message from then; a 429 pauses the bot for everyone (planbus_pause_telegram).
 
 Telegram's answers become DeliveryError:
     200 {"ok": true}             delivered
@@ -23,6 +23,7 @@ The token is part of every request URL: it is kept out of error messages and out
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,14 +37,16 @@ from planbus.settings import Settings
 if TYPE_CHECKING:
     import httpx
 
-# Telegram asks for at most about 30 messages a second in total and one a second per chat. Slots are
-# spaced wider, so that jitter between a slot and the request's arrival (a thread waking late, the
-# network) stays inside both: 40 ms apart puts at most 26 in any second, four short of 30 (measured on a
-# busy machine, arrivals lagged their slots by 3 to 100 ms; at 28/s, 29 slots fit in one second, and such
-# lags made 31); a chat's next slot counts from its last delivery (planbus_telegram_delivered).
-MESSAGES_PER_SECOND = 25.0
+# Telegram asks for at most about 30 messages a second in total and one a second per chat. A send counts
+# against the bot from before its request leaves until a window after its answer came back (migration
+# 0016), so however late a request goes out, no second at Telegram holds more than MESSAGES_PER_SECOND;
+# the window has a margin for the clocks' granularity. A chat's next message counts from the answer too.
+MESSAGES_PER_SECOND = 30
+SEND_WINDOW_SECONDS = 1.02
 CHAT_INTERVAL_SECONDS = 1.05
 SEND_TIMEOUT_SECONDS = 10.0
+# A sender that dies mid-send stops counting against the bot this long after it took the send.
+SEND_HOLD_SECONDS = SEND_TIMEOUT_SECONDS + 5.0
 # When a 429 comes without parameters.retry_after (it should not), wait this long.
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 
@@ -52,11 +55,13 @@ log = logs.get_logger("telegram")
 
 @dataclass(frozen=True)
 class SendLimits:
-    """The rate limits of one bot: `per_second` messages in total, one per `chat_interval` s to a chat."""
+    """The rate limits of one bot: `per_second` messages in any `window` s in total, one per
+    `chat_interval` s to a chat."""
 
     bot: str
-    per_second: float = MESSAGES_PER_SECOND
+    per_second: int = MESSAGES_PER_SECOND
     chat_interval: float = CHAT_INTERVAL_SECONDS
+    window: float = SEND_WINDOW_SECONDS
 
 
 class Sender(Protocol):
@@ -78,46 +83,72 @@ class Sender(Protocol):
 class SendBudget:
     """One bot's limits, kept in the database for every sender of that bot in every process.
 
-    `acquire` reserves the next slot for a chat (evenly spaced at `per_second` in total, `chat_interval`
-    apart per chat) and sleeps until it; slots are handed out in order across all callers, so overlapping
-    calls and instances add up to the limits, not past them.
+    `acquire` takes a send for a chat once the bot's window, its pause and the chat allow one, waiting for
+    it; `done` reports the send over. The threads of one budget ask the database one at a time (the others
+    queue on a lock), so a freed send wakes one asker per process, not every waiting thread.
     """
 
-    def __init__(self, db: Database, limits: SendLimits, *, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        db: Database,
+        limits: SendLimits,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self._db = db
         self.limits = limits
         self._sleep = sleep
+        self._monotonic = monotonic
+        self._asking = threading.Lock()
 
-    def acquire(self, chat_id: int, within: float) -> bool:
-        """Wait for and take the chat's next slot; False, at once and taking nothing, when it does not
-        come within `within` seconds."""
-        answer = self._db.call(
-            "planbus_take_telegram_slot",
-            p_bot=self.limits.bot,
-            p_chat_id=chat_id,
-            p_within_seconds=max(within, 0.0),
-            p_per_second=self.limits.per_second,
-            p_chat_interval_seconds=self.limits.chat_interval,
-        )
-        if not answer["granted"]:
-            return False
-        wait = float(answer["wait_seconds"])
-        if wait > 0:
+    def acquire(self, chat_id: int, within: float) -> int | None:
+        """Wait for and take a send to the chat; its id, or None, taking nothing, when none comes within
+        `within` seconds."""
+        deadline = self._monotonic() + max(within, 0.0)
+        while True:
+            if not self._asking.acquire(timeout=max(deadline - self._monotonic(), 0.0)):
+                return None
+            try:
+                while True:
+                    answer = self._take(chat_id)
+                    if answer["granted"]:
+                        return int(answer["send_id"])
+                    wait = float(answer["wait_seconds"])
+                    if wait > deadline - self._monotonic():
+                        return None
+                    if not answer["window_full"]:
+                        break
+                    # Next in line for the bot's window: the others queue behind this thread.
+                    self._sleep(wait)
+            finally:
+                self._asking.release()
+            # Waiting for its chat (or a pause) holds up no other chat.
             self._sleep(wait)
-        return True
 
-    def delivered(self, chat_id: int) -> None:
-        """A message reached the chat just now: its next one waits the chat interval from now, however
-        late this one went out."""
-        self._db.call(
-            "planbus_telegram_delivered",
+    def _take(self, chat_id: int) -> dict[str, Any]:
+        answer: dict[str, Any] = self._db.call(
+            "planbus_take_telegram_send",
             p_bot=self.limits.bot,
             p_chat_id=chat_id,
+            p_per_window=self.limits.per_second,
+            p_window_seconds=self.limits.window,
+            p_hold_seconds=SEND_HOLD_SECONDS,
+        )
+        return answer
+
+    def done(self, send_id: int) -> None:
+        """The send is over, whatever Telegram answered: it counts one window more from now, and its chat's
+        next message waits the chat interval from now."""
+        self._db.call(
+            "planbus_telegram_send_done",
+            p_send_id=send_id,
+            p_window_seconds=self.limits.window,
             p_chat_interval_seconds=self.limits.chat_interval,
         )
 
     def pause(self, seconds: float) -> None:
-        """Telegram asked the bot to back off: no sender takes a slot for the next `seconds`."""
+        """Telegram asked the bot to back off: no sender takes a send for the next `seconds`."""
         self._db.call("planbus_pause_telegram", p_bot=self.limits.bot, p_seconds=max(seconds, 0.0))
 
 
@@ -157,7 +188,7 @@ class TelegramSender:
         token: str,
         *,
         api_base: str = "https://api.telegram.org",
-        per_second: float = MESSAGES_PER_SECOND,
+        per_second: int = MESSAGES_PER_SECOND,
         chat_interval: float = CHAT_INTERVAL_SECONDS,
         timeout: float = SEND_TIMEOUT_SECONDS,
     ) -> None:

@@ -156,7 +156,7 @@ def test_with_a_token_telegram_is_the_sender() -> None:
 
 def test_a_bot_sender_declares_telegrams_limits_for_its_bot_and_the_outbox_none() -> None:
     sender = TelegramSender(TOKEN, api_base=BASE)
-    assert sender.limits == SendLimits(bot="123456", per_second=25.0, chat_interval=1.05)
+    assert sender.limits == SendLimits(bot="123456", per_second=30, chat_interval=1.05, window=1.02)
     assert TelegramSender(TOKEN, api_base=BASE, per_second=5, chat_interval=2).limits == SendLimits(
         bot="123456", per_second=5, chat_interval=2
     )

@@ -2,7 +2,7 @@
 
 Reminders are claimed in small batches (planbus_claim_due_reminders: FOR UPDATE SKIP LOCKED under a lease,
 at most one per chat), so concurrent calls never share one. Each is sent by a few worker threads, each
-message in a slot of the bot's budget in the database (telegram.SendBudget): Telegram's limits, about 30
+message a send taken in the bot's budget in the database (telegram.SendBudget): Telegram's limits, about 30
 a second in total and one a second per chat, hold across overlapping calls and instances. Each outcome is
 recorded by one SQL function, fenced on the claim's attempt, and counted once:
 
@@ -154,9 +154,14 @@ class _Run:
         """Send one claimed reminder and record what happened; never leaves it claimed on purpose."""
         chat_id = int(reminder["chat_id"])
         with logs.bind(reminder_id=reminder["id"], attempt=reminder["attempt"]):
+            send_id: int | None = None
             if self._stop_reason is None:
                 left = self.seconds_left()
-                if left <= 0 or not self.take_slot(chat_id, within=left):
+                granted = left > 0
+                if granted and self.budget is not None:
+                    send_id = self.budget.acquire(chat_id, within=min(left, MAX_SLOT_WAIT_SECONDS))
+                    granted = send_id is not None
+                if not granted:
                     reason = (
                         "the call's time budget ran out before it was sent"
                         if left <= MAX_SLOT_WAIT_SECONDS
@@ -168,38 +173,43 @@ class _Run:
                     self.stop(reason)
                     self.release(reminder, self._resume_after, self._stop_reason or reason)
                     return
-            # Checked again after the wait: another worker may have been told to back off meanwhile.
-            if self._stop_reason is not None:
-                self.release(reminder, self._resume_after, self._stop_reason)
-                return
-            text = reminder_message(reminder)
+            self.send(reminder, chat_id, send_id)
+
+    def send(self, reminder: dict[str, Any], chat_id: int, send_id: int | None) -> None:
+        # Checked again after the wait: another worker may have been told to back off meanwhile.
+        if self._stop_reason is not None:
+            self.send_over(send_id)
+            self.release(reminder, self._resume_after, self._stop_reason)
+            return
+        text = reminder_message(reminder)
+        try:
             try:
                 self.sender.send(chat_id, text)
-            except DeliveryError as exc:
-                self.record_failure(reminder, exc)
-                return
-            except ConfigurationError as exc:
-                self.stop(str(exc))
-                self.release(reminder, 0.0, str(exc))
-                raise
-            # Before it is recorded: once it is, the chat's next reminder can be claimed.
-            if self.budget is not None:
-                self.budget.delivered(chat_id)
-            answer = self.db.call(
-                "planbus_mark_reminder_sent",
-                p_reminder_id=reminder["id"],
-                p_attempt=reminder["attempt"],
-                p_via=self.sender.via,
-                p_message=text,
-            )
-            if not answer.get("recorded"):
-                log.warning("reminder delivered, but its claim was gone: %s", answer.get("reason"))
-            self.count(sent=1)
+            finally:
+                # Whatever came of it, before it is recorded: once it is, the chat's next reminder can be
+                # claimed, and its send must wait the chat interval from now.
+                self.send_over(send_id)
+        except DeliveryError as exc:
+            self.record_failure(reminder, exc)
+            return
+        except ConfigurationError as exc:
+            self.stop(str(exc))
+            self.release(reminder, 0.0, str(exc))
+            raise
+        answer = self.db.call(
+            "planbus_mark_reminder_sent",
+            p_reminder_id=reminder["id"],
+            p_attempt=reminder["attempt"],
+            p_via=self.sender.via,
+            p_message=text,
+        )
+        if not answer.get("recorded"):
+            log.warning("reminder delivered, but its claim was gone: %s", answer.get("reason"))
+        self.count(sent=1)
 
-    def take_slot(self, chat_id: int, within: float) -> bool:
-        if self.budget is None:
-            return True
-        return self.budget.acquire(chat_id, within=min(within, MAX_SLOT_WAIT_SECONDS))
+    def send_over(self, send_id: int | None) -> None:
+        if self.budget is not None and send_id is not None:
+            self.budget.done(send_id)
 
     def record_failure(self, reminder: dict[str, Any], exc: DeliveryError) -> None:
         if exc.retry_after is not None:
