@@ -1,0 +1,138 @@
+-- planbus_status and the due-reminder claim, flat with the size of the history.
+--
+-- planbus_status (the 0008/0009 sections, which 0013 wraps as planbus_private.status_sections) counted
+-- whole tables: every request and every reminder ever made was read once a minute by an uptime check.
+-- Each section now reads only what is bounded:
+--   active rows     pending / processing requests and scheduled / sending reminders, through their
+--                   partial indexes (their number is the queue, not the history);
+--   the last 24 h   index range scans over the time columns, most of them index-only, through the
+--                   partial indexes below: what they read grows with the day's traffic, not with history;
+--   totals          completed and failed requests, sent, cancelled and failed reminders (the history
+--                   itself): counted exactly up to 1 000 rows of a state, an estimate beyond (see
+--                   status_total). Nothing the contract names is a total of all history: it names queue
+--                   depth, the oldest pending age, stale rows and the last day's failures, all exact.
+-- The shape of the answer is unchanged.
+--
+-- The indexes are partial, over states a row reaches once (a failure, a cancellation) or over finished
+-- rows only, so inserting a request or claiming one maintains none of them. Migrations run in one
+-- transaction, so they are built while the table is locked against writes: on a database with a long
+-- history, apply this migration in a quiet moment.
+
+CREATE INDEX IF NOT EXISTS plan_requests_failed_updated_at
+  ON public.plan_requests (updated_at) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS plan_requests_finished_created_at
+  ON public.plan_requests (created_at) WHERE status IN ('completed', 'failed');
+CREATE INDEX IF NOT EXISTS request_errors_kind_at ON planbus_private.request_errors (kind, at);
+CREATE INDEX IF NOT EXISTS reminders_failed_updated_at
+  ON public.reminders (updated_at) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS reminders_cancelled_updated_at
+  ON public.reminders (updated_at) WHERE status = 'cancelled';
+
+-- How many rows of p_table are in p_status: the exact number while it is below p_bound, read through the
+-- partial index on that state (or, for a state most rows are in, the first rows of the table); from
+-- p_bound on, the planner's estimate, at least p_bound (the statistics autovacuum's ANALYZE keeps,
+-- scaled by the table's growth since). So the cost is that of p_bound rows whatever the history holds.
+-- VOLATILE only because EXPLAIN is a utility statement, which a STABLE function may not run.
+CREATE OR REPLACE FUNCTION planbus_private.status_total(p_table regclass, p_status text, p_bound int)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+  exact bigint;
+  plan jsonb;
+BEGIN
+  EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE status = %L LIMIT %s) x',
+                 p_table, p_status, p_bound)
+    INTO exact;
+  IF exact < p_bound THEN
+    RETURN exact;
+  END IF;
+  EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM %s WHERE status = %L', p_table, p_status) INTO plan;
+  RETURN greatest(p_bound, round((plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric))::bigint;
+END
+$$;
+
+-- The 0009 sections of planbus_status, same keys and meanings, each read from bounded rows:
+--   requests:     pending, processing, waiting_retry, stale, oldest_pending_seconds / _id from the
+--                 active rows (the partial unique index over pending and processing rows);
+--                 created_24h from those plus the finished rows created in the last day;
+--                 completed, failed: totals, exact below 1 000, estimated from there (status_total).
+--   failures_24h: failed requests, attempt errors and the five most frequent errors of the last 24 h,
+--                 from the indexes on a failure's updated_at and on the error history's (kind, at).
+--   reminders:    scheduled, due, oldest_due_seconds, sending, stuck from the active rows; sent_24h,
+--                 failed_24h from the indexes on sent_at and on a failure's updated_at; sent, cancelled,
+--                 failed: totals as above.
+--   limits:       as before.
+-- STABLE: every statement here sees the one snapshot, so a row moving on meanwhile is counted once.
+CREATE OR REPLACE FUNCTION planbus_private.status_sections() RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+  exact_below constant int := 1000;
+  day_ago timestamptz := now() - interval '24 hours';
+  active_created_24h bigint;
+  requests jsonb;
+  failures jsonb;
+  scheduled jsonb;
+  sending jsonb;
+  reminders jsonb;
+  daily_limit jsonb;
+BEGIN
+  SELECT jsonb_build_object(
+           'pending', count(*) FILTER (WHERE status = 'pending'),
+           'processing', count(*) FILTER (WHERE status = 'processing'),
+           'waiting_retry', count(*) FILTER (WHERE status = 'pending' AND attempts > 0 AND run_after > now()),
+           'stale', count(*) FILTER (WHERE status = 'processing' AND lease_expires_at <= now()),
+           'oldest_pending_seconds',
+             round(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')), 1)),
+         count(*) FILTER (WHERE created_at >= day_ago)
+    INTO requests, active_created_24h
+    FROM public.plan_requests
+   WHERE status IN ('pending', 'processing');
+  requests := requests || jsonb_build_object(
+    'oldest_pending_id', (SELECT id FROM public.plan_requests WHERE status = 'pending'
+                           ORDER BY created_at, id LIMIT 1),
+    -- A finished row was created before it finished, so those created in the window finished in it too.
+    'created_24h', active_created_24h + (SELECT count(*) FROM public.plan_requests
+                                          WHERE status IN ('completed', 'failed') AND created_at >= day_ago),
+    'completed', planbus_private.status_total('public.plan_requests', 'completed', exact_below),
+    'failed', planbus_private.status_total('public.plan_requests', 'failed', exact_below));
+
+  SELECT jsonb_build_object(
+           'failed', (SELECT count(*) FROM public.plan_requests WHERE status = 'failed' AND updated_at >= day_ago),
+           'errors', coalesce(sum(n), 0),
+           'top_errors', coalesce(jsonb_agg(jsonb_build_object('error', message, 'count', n, 'last_at', last_at)
+                                            ORDER BY n DESC, last_at DESC) FILTER (WHERE place <= 5), '[]'::jsonb))
+    INTO failures
+    FROM (SELECT message, count(*) AS n, max(at) AS last_at,
+                 row_number() OVER (ORDER BY count(*) DESC, max(at) DESC) AS place
+            FROM planbus_private.request_errors
+           WHERE kind = 'plan' AND at >= day_ago
+           GROUP BY message) by_message;
+
+  SELECT jsonb_build_object(
+           'scheduled', count(*),
+           'due', count(*) FILTER (WHERE due_at <= now()),
+           'oldest_due_seconds', round(extract(epoch FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 1))
+    INTO scheduled
+    FROM public.reminders WHERE status = 'scheduled';
+  SELECT jsonb_build_object('sending', count(*), 'stuck', count(*) FILTER (WHERE lease_expires_at <= now()))
+    INTO sending
+    FROM public.reminders WHERE status = 'sending';
+  reminders := scheduled || sending || jsonb_build_object(
+    'sent_24h', (SELECT count(*) FROM public.reminders WHERE status = 'sent' AND sent_at >= day_ago),
+    'failed_24h', (SELECT count(*) FROM public.reminders WHERE status = 'failed' AND updated_at >= day_ago),
+    'sent', planbus_private.status_total('public.reminders', 'sent', exact_below),
+    'cancelled', planbus_private.status_total('public.reminders', 'cancelled', exact_below),
+    'failed', planbus_private.status_total('public.reminders', 'failed', exact_below));
+
+  daily_limit := public.planbus_daily_plan_request_limit() - 'telegram_id' - 'used_today';
+
+  RETURN jsonb_build_object(
+    'generated_at', now(),
+    'requests', requests,
+    'failures_24h', failures,
+    'reminders', reminders,
+    'limits', jsonb_build_object('daily_plan_request_limit', daily_limit));
+END
+$$;
+
+SELECT planbus_private.secure_functions();
