@@ -135,4 +135,106 @@ BEGIN
 END
 $$;
 
+-- -- the due-reminder claim ------------------------------------------------------------------------------
+
+-- The claim (migration 0004) asks for `status = 'scheduled' AND due_at <= now()`, which two partial indexes
+-- over scheduled reminders answer: reminders_scheduled_due_at by a range up to now, and
+-- reminders_scheduled_lead (for a lead's reminders) by reading every scheduled reminder and filtering.
+-- The statistics of a long history make scheduled reminders look rare (a row or so) and every due_at long
+-- past, so the planner saw no difference and took the lead index: each claim read the whole schedule,
+-- weeks of future reminders included, three times. The lead index is rebuilt with a predicate that only
+-- a look-up by lead implies (lead_id is NOT NULL anyway: every `lead_id = x` implies it), so the claim has
+-- only the range over due rows to choose.
+DROP INDEX IF EXISTS public.reminders_scheduled_lead;
+CREATE INDEX IF NOT EXISTS reminders_scheduled_lead
+  ON public.reminders (lead_id) WHERE status = 'scheduled' AND lead_id IS NOT NULL;
+
+-- planbus_claim_due_reminders (migration 0004), the same steps and answer. The batch is now locked by
+-- primary key from the list of each chat's earliest due reminder, instead of a join the planner, told
+-- by the statistics of a long history that one row is due, made a nested loop over both lists (every due
+-- reminder against every chat's first: quadratic in the due reminders).
+CREATE OR REPLACE FUNCTION public.planbus_claim_due_reminders(
+  p_limit int, p_lease_seconds int, p_max_attempts int DEFAULT 5
+) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+  claimed jsonb;
+BEGIN
+  PERFORM planbus_private.require(p_limit > 0, 'p_limit must be positive');
+  PERFORM planbus_private.require(p_lease_seconds > 0, 'p_lease_seconds must be positive');
+  PERFORM planbus_private.require(p_max_attempts > 0, 'p_max_attempts must be positive');
+
+  -- Separate statements, so the claim below (a new snapshot) no longer sees the rows settled here.
+  WITH replaced AS (
+    SELECT r.id, l.plan_request_id AS current_plan
+      FROM public.reminders r JOIN public.leads l ON l.id = r.lead_id
+     WHERE ((r.status = 'scheduled' AND r.due_at <= now())
+            OR (r.status = 'sending' AND r.lease_expires_at <= now()))
+       AND l.plan_request_id IS NOT NULL
+       AND l.plan_request_id <> r.plan_request_id
+     FOR UPDATE OF r SKIP LOCKED
+  )
+  UPDATE public.reminders r
+     SET status = 'cancelled',
+         lease_expires_at = NULL,
+         error = format('superseded by plan request %s', replaced.current_plan)
+    FROM replaced
+   WHERE r.id = replaced.id;
+
+  WITH exhausted AS (
+    SELECT id FROM public.reminders
+     WHERE status = 'sending' AND lease_expires_at <= now() AND attempts >= p_max_attempts
+     FOR UPDATE SKIP LOCKED
+  )
+  UPDATE public.reminders r
+     SET status = 'failed',
+         lease_expires_at = NULL,
+         error = format('gave up after %s attempts: the sender did not finish (lease expired)', r.attempts)
+    FROM exhausted
+   WHERE r.id = exhausted.id;
+
+  WITH first_per_chat AS (
+    SELECT DISTINCT ON (r.telegram_id) r.id
+      FROM public.reminders r
+     WHERE ((r.status = 'scheduled' AND r.due_at <= now())
+            OR (r.status = 'sending' AND r.lease_expires_at <= now()))
+       AND NOT EXISTS (
+         SELECT 1 FROM public.reminders busy
+          WHERE busy.telegram_id = r.telegram_id AND busy.status = 'sending' AND busy.lease_expires_at > now())
+     ORDER BY r.telegram_id, r.due_at, r.step_index
+  ), due AS (
+    SELECT r.id FROM public.reminders r
+     WHERE r.id = ANY (ARRAY(SELECT f.id FROM first_per_chat f))
+       AND ((r.status = 'scheduled' AND r.due_at <= now())
+            OR (r.status = 'sending' AND r.lease_expires_at <= now()))
+     ORDER BY r.due_at
+     LIMIT p_limit
+     FOR UPDATE OF r SKIP LOCKED
+  ), taken AS (
+    UPDATE public.reminders r
+       SET status = 'sending',
+           attempts = r.attempts + 1,
+           lease_expires_at = now() + make_interval(secs => p_lease_seconds)
+      FROM due
+     WHERE r.id = due.id
+    RETURNING r.*
+  )
+  SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'id', c.id,
+           'attempt', c.attempts,
+           'chat_id', c.telegram_id,
+           'lead_id', c.lead_id,
+           'lead_name', l.full_name,
+           'company', l.company,
+           'plan_request_id', c.plan_request_id,
+           'step_index', c.step_index,
+           'due_at', c.due_at,
+           'text', c.text
+         ) ORDER BY c.due_at, c.step_index), '[]'::jsonb)
+    INTO claimed
+    FROM taken c JOIN public.leads l ON l.id = c.lead_id;
+  RETURN claimed;
+END
+$$;
+
 SELECT planbus_private.secure_functions();

@@ -36,9 +36,10 @@ def finished_history(sql: SQL) -> None:
                  CASE WHEN n <= %(failed)s THEN NULL ELSE '{"plan": {}}'::jsonb END,
                  CASE WHEN n <= %(failed)s THEN 'gave up' END,
                  1,
-                 CASE WHEN n > %(total)s - %(old)s THEN now() - interval '2 days' ELSE now() - interval '1 hour' END,
-                 CASE WHEN n > %(total)s - %(old)s THEN now() - interval '2 days' ELSE now() - interval '1 hour' END
-            FROM numbered
+                 at, at
+            FROM numbered,
+                 LATERAL (SELECT now() - CASE WHEN n > %(total)s - %(old)s THEN interval '2 days'
+                                              ELSE interval '1 hour' END AS at) AS finished
           RETURNING id, lead_id, telegram_id, status, updated_at
         )
         INSERT INTO public.reminders (lead_id, telegram_id, plan_request_id, step_index, due_at, text, status,
