@@ -8,46 +8,51 @@
 --   the last 24 h   index range scans over the time columns, most of them index-only, through the
 --                   partial indexes below: what they read grows with the day's traffic, not with history;
 --   totals          completed and failed requests, sent, cancelled and failed reminders (the history
---                   itself): counted exactly up to 1 000 rows of a state, an estimate beyond (see
+--                   itself): exact up to 1 000 rows of a state, the planner's estimate beyond (see
 --                   status_total). Nothing the contract names is a total of all history: it names queue
 --                   depth, the oldest pending age, stale rows and the last day's failures, all exact.
 -- The shape of the answer is unchanged.
 --
 -- The indexes are partial, over states a row reaches once (a failure, a cancellation) or over finished
--- rows only, so inserting a request or claiming one maintains none of them. Migrations run in one
--- transaction, so they are built while the table is locked against writes: on a database with a long
--- history, apply this migration in a quiet moment.
+-- rows only: inserting or claiming a request or a reminder maintains none of them, finishing one adds an
+-- entry to one or two. Migrations run in one transaction, so the indexes are built while their table is
+-- locked against writes: on a database with a long history, apply this migration in a quiet moment.
 
 CREATE INDEX IF NOT EXISTS plan_requests_failed_updated_at
   ON public.plan_requests (updated_at) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS plan_requests_finished_created_at
   ON public.plan_requests (created_at) WHERE status IN ('completed', 'failed');
-CREATE INDEX IF NOT EXISTS request_errors_kind_at ON planbus_private.request_errors (kind, at);
 CREATE INDEX IF NOT EXISTS reminders_failed_updated_at
   ON public.reminders (updated_at) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS reminders_cancelled_updated_at
   ON public.reminders (updated_at) WHERE status = 'cancelled';
 
 -- How many rows of p_table are in p_status: the exact number while it is below p_bound, read through the
--- partial index on that state (or, for a state most rows are in, the first rows of the table); from
--- p_bound on, the planner's estimate, at least p_bound (the statistics autovacuum's ANALYZE keeps,
--- scaled by the table's growth since). So the cost is that of p_bound rows whatever the history holds.
+-- partial index on that state; from p_bound on, the planner's estimate, at least p_bound (from the
+-- statistics autovacuum's ANALYZE keeps, scaled by the table's growth since). The estimate comes first:
+-- where it puts the state at twice p_bound or more, nothing is counted (a state most of a long history is
+-- in, such as completed, has no index of its own, and counting its first rows would read the table).
+-- So the cost is at most that of p_bound rows whatever the history holds.
 -- VOLATILE only because EXPLAIN is a utility statement, which a STABLE function may not run.
 CREATE OR REPLACE FUNCTION planbus_private.status_total(p_table regclass, p_status text, p_bound int)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
-  exact bigint;
   plan jsonb;
+  estimate bigint;
+  exact bigint;
 BEGIN
-  EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE status = %L LIMIT %s) x',
-                 p_table, p_status, p_bound)
-    INTO exact;
-  IF exact < p_bound THEN
-    RETURN exact;
-  END IF;
   EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM %s WHERE status = %L', p_table, p_status) INTO plan;
-  RETURN greatest(p_bound, round((plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric))::bigint;
+  estimate := round((plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric);
+  IF estimate < 2 * p_bound THEN
+    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE status = %L LIMIT %s) x',
+                   p_table, p_status, p_bound)
+      INTO exact;
+    IF exact < p_bound THEN
+      RETURN exact;
+    END IF;
+  END IF;
+  RETURN greatest(p_bound, estimate);
 END
 $$;
 
@@ -57,12 +62,13 @@ $$;
 --                 created_24h from those plus the finished rows created in the last day;
 --                 completed, failed: totals, exact below 1 000, estimated from there (status_total).
 --   failures_24h: failed requests, attempt errors and the five most frequent errors of the last 24 h,
---                 from the indexes on a failure's updated_at and on the error history's (kind, at).
+--                 from the index on a failure's updated_at and the error history's index on `at`.
 --   reminders:    scheduled, due, oldest_due_seconds, sending, stuck from the active rows; sent_24h,
 --                 failed_24h from the indexes on sent_at and on a failure's updated_at; sent, cancelled,
 --                 failed: totals as above.
 --   limits:       as before.
--- STABLE: every statement here sees the one snapshot, so a row moving on meanwhile is counted once.
+-- STABLE: every statement here sees the one snapshot, so a row moving on meanwhile is counted once (the
+-- totals, read by a VOLATILE helper, may be a moment younger).
 CREATE OR REPLACE FUNCTION planbus_private.status_sections() RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
