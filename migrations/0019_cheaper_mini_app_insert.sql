@@ -13,8 +13,8 @@
 --                         counted, as before). The counters leave room on their pages for the day's updates.
 --   the webhook           ran two EXISTS queries over pg_proc (through the executor, short-circuit or not)
 --                         before it fell through to pg_notify. Where neither pg_net nor Realtime is installed
---                         it now goes straight to pg_notify, with the payload built as json text; the
---                         pg_net and Realtime paths are unchanged.
+--                         it now goes straight to pg_notify, with the payload built as json text; pg_net's
+--                         and Realtime's functions are called by statements planned once per session.
 --   settings              read from Vault with a statement PL/pgSQL keeps planned, instead of EXECUTE.
 
 -- -- row-level security ----------------------------------------------------------------------------------
@@ -155,8 +155,10 @@ ALTER TABLE planbus_private.daily_request_counts
 -- AFTER INSERT on every kind's table (TG_ARGV[0]: the kind), as migration 0015's. Where neither pg_net's
 -- nor Realtime's schema exists (the catalog cache answers to_regnamespace), the payload goes to pg_notify
 -- as json text (the same document) without a query; elsewhere each function is looked for in pg_proc
--- only where its schema exists, and the URL read only where pg_net's function does. The order (pg_net ->
--- realtime.publish -> pg_notify) is unchanged, and a failing path still only warns.
+-- only where its schema exists, the URL read only where pg_net's function does, and net.http_post and
+-- realtime.publish are called by static statements, planned once per session rather than on every insert
+-- (a statement is planned when it first runs, so neither needs to exist where it does not run). The order
+-- (pg_net -> realtime.publish -> pg_notify) is unchanged, and a failing path still only warns.
 CREATE OR REPLACE FUNCTION planbus_private.send_request_webhook() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
@@ -164,7 +166,7 @@ DECLARE
   net_schema oid := to_regnamespace('net');
   realtime_schema oid := to_regnamespace('realtime');
   payload jsonb;
-  url text;
+  target_url text;
   net_request bigint;
 BEGIN
   BEGIN
@@ -179,29 +181,30 @@ BEGIN
       'record', to_jsonb(NEW), 'old_record', NULL);
     IF net_schema IS NOT NULL THEN
       IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'http_post' AND pronamespace = net_schema) THEN
-        url := planbus_private.setting('webhook_url_' || of_kind);
-        IF url IS NULL AND of_kind = 'plan' THEN
-          url := planbus_private.setting('webhook_url');
+        target_url := planbus_private.setting('webhook_url_' || of_kind);
+        IF target_url IS NULL AND of_kind = 'plan' THEN
+          target_url := planbus_private.setting('webhook_url');
         END IF;
       END IF;
     END IF;
-    IF url IS NOT NULL THEN
-      EXECUTE 'SELECT net.http_post(url := $1, body := $2, headers := $3, timeout_milliseconds := $4)'
-        INTO net_request
-        USING url, payload,
-              jsonb_build_object('Content-Type', 'application/json',
-                                 'X-Webhook-Secret', coalesce(planbus_private.setting('webhook_secret'), '')),
-              5000;
+    IF target_url IS NOT NULL THEN
+      SELECT net.http_post(
+               url := target_url, body := payload,
+               headers := jsonb_build_object(
+                 'Content-Type', 'application/json',
+                 'X-Webhook-Secret', coalesce(planbus_private.setting('webhook_secret'), '')),
+               timeout_milliseconds := 5000)
+        INTO net_request;
       INSERT INTO planbus_private.webhook_deliveries (kind, request_id, channel, net_request_id)
       VALUES (of_kind, NEW.id, 'pg_net', net_request);
       RETURN NULL;
     END IF;
     IF realtime_schema IS NOT NULL THEN
       IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'publish' AND pronamespace = realtime_schema) THEN
-        EXECUTE 'SELECT realtime.publish($1, $2, $3)'
-          USING coalesce(planbus_private.setting('realtime_channel_' || of_kind),
-                         planbus_private.setting('realtime_channel'), 'planbus'),
-                of_kind || '_request_inserted', payload;
+        PERFORM realtime.publish(
+          coalesce(planbus_private.setting('realtime_channel_' || of_kind),
+                   planbus_private.setting('realtime_channel'), 'planbus'),
+          of_kind || '_request_inserted', payload);
         RETURN NULL;
       END IF;
     END IF;
