@@ -52,7 +52,7 @@ BEGIN
   RETURN EXISTS (SELECT 1 FROM public.leads l WHERE l.id = p_lead_id AND l.telegram_id = caller);
 END
 $$;
-REVOKE ALL ON FUNCTION planbus_policy.may_insert_request(uuid, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION planbus_policy.may_insert_request(uuid, bigint) FROM PUBLIC, anon;
 GRANT EXECUTE ON FUNCTION planbus_policy.may_insert_request(uuid, bigint) TO authenticated, service_role;
 
 -- The insert policies of migrations 0005 and 0010, the same conditions: own lead, own telegram id, only
