@@ -218,6 +218,22 @@ def test_the_operator_and_the_functions_are_not_limited(
     assert limit_of(db, kind, ADA)["used_today"] == 0
 
 
+def test_a_kind_registered_again_still_limits_the_mini_app_alone(
+    db: PostgresDatabase, sql: Sql, kind: AnyKind, leads: Callable[[int, int], list[dict[str, Any]]]
+) -> None:
+    sql.execute(
+        "SELECT planbus_private.register_request_kind(kind, table_name, complete_function,"
+        " daily_limit_default) FROM planbus_private.request_kinds WHERE kind = %s",
+        [kind.name],
+    )
+    set_limit(db, 1, kind)
+    by_owner, first, second = leads(ADA, 3)
+    sql.execute(new_request(kind), params(kind, ADA, by_owner))
+    assert not request_as(sql, ADA, first, kind).refused
+    assert request_as(sql, ADA, second, kind).sqlstate == "PT429"
+    assert limit_of(db, kind, ADA)["used_today"] == 1
+
+
 def test_concurrent_inserts_at_the_limit_do_not_exceed_it(
     db: PostgresDatabase,
     database_url: str,

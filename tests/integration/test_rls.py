@@ -216,6 +216,35 @@ def test_a_caller_may_insert_a_pending_request_only_for_its_own_lead(
     }
 
 
+@pytest.mark.parametrize("who", CALLERS)
+def test_the_insert_policies_check_holds_only_for_the_callers_own_lead_in_her_own_name(
+    rolled_back: psycopg.Connection[dict[str, Any]], world: World, who: str
+) -> None:
+    target, other = TARGET[who], OTHER[who]
+    cases = {
+        "own lead, own id": (target, target),
+        "another's lead, own id": (other, target),
+        "own lead, another's id": (target, other),
+    }
+    answers = {}
+    for case, (lead_of, telegram_of) in cases.items():
+        outcome = run_as(
+            rolled_back,
+            CALLERS[who],
+            "SELECT planbus_policy.may_insert_request(%s, %s) AS ok",
+            [world.leads[lead_of], TG[telegram_of]],
+        )
+        answers[case] = outcome.sqlstate if outcome.refused else outcome.rows[0]["ok"]
+    if who == "anon":
+        assert set(answers.values()) == {"42501"}
+        return
+    assert answers == {
+        "own lead, own id": OWNER[who] is not None,
+        "another's lead, own id": False,
+        "own lead, another's id": False,
+    }
+
+
 def insert(values: dict[str, Any], kind: AnyKind, *, returning: str = "id") -> q.Composed:
     return q.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
         q.Identifier(kind.table),

@@ -17,7 +17,7 @@ from psycopg import sql as q
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError
 from planbus.kinds import KINDS, AnyKind
-from support.request_kinds import insert_request
+from support.request_kinds import INSERT_DEFAULTS, insert_request
 from support.rls import Caller, claims, run_as
 
 Row = dict[str, Any]
@@ -131,6 +131,55 @@ def test_an_insert_by_the_mini_app_is_announced_too(
     assert not outcome.refused, outcome.message
     [payload] = received(listener)
     assert payload["record"]["id"] == str(outcome.rows[0]["id"])
+
+
+def all_received(listener: psycopg.Connection[Any], *, wait: float = 1) -> list[Any]:
+    """Every notification that arrives until none has come for `wait` seconds."""
+    return [json.loads(n.payload) for n in listener.notifies(timeout=wait)]
+
+
+def insert_for_leads(kind: AnyKind) -> q.Composed:
+    """One statement inserting a pending request of `kind` for each lead in %(leads)s, by its owner."""
+    extra = INSERT_DEFAULTS[kind.name]
+    return q.SQL(
+        "INSERT INTO {table} (lead_id, telegram_id{names}) SELECT id, telegram_id{values} FROM leads"
+        " WHERE id = ANY(%(leads)s) RETURNING id"
+    ).format(
+        table=q.Identifier(kind.table),
+        names=q.SQL("").join(q.SQL(", {}").format(q.Identifier(name)) for name in extra),
+        values=q.SQL("").join(q.SQL(", {}").format(q.Literal(value)) for value in extra.values()),
+    )
+
+
+def test_each_inserted_row_is_announced_exactly_once(
+    sql: Conn, listener: psycopg.Connection[Any], kind: AnyKind, make_lead: MakeLead
+) -> None:
+    owners = [make_lead(telegram_id=2001 + n)["id"] for n in range(3)]
+    by_owner = sql.execute(insert_for_leads(kind), {"leads": owners}).fetchall()
+    user = Caller("user", "authenticated", claims("00000000-0000-4000-8000-000000000001", telegram_id=1001))
+    by_user = run_as(sql, user, insert_for_leads(kind), {"leads": [make_lead(telegram_id=1001)["id"]]})
+    assert not by_user.refused, by_user.message
+    inserted = [str(row["id"]) for row in by_owner + by_user.rows]
+    assert len(inserted) == 4
+    assert sorted(payload["record"]["id"] for payload in all_received(listener)) == sorted(inserted)
+
+
+def test_a_payload_too_long_for_pg_notify_is_not_sent_and_the_insert_stands(
+    sql: Conn,
+    listener: psycopg.Connection[Any],
+    kind: AnyKind,
+    make_lead: MakeLead,
+    make_kind_request: MakeRequest,
+) -> None:
+    warnings: list[str] = []
+    sql.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
+    request = make_kind_request(make_lead(), error="x" * 9000)
+    assert request["status"] == "pending"
+    assert received(listener, wait=0.5) == []
+    assert any(
+        f"{kind.name} request {request['id']} not sent" in w and "payload string too long" in w
+        for w in warnings
+    )
 
 
 def test_a_row_not_inserted_as_pending_is_not_announced(
