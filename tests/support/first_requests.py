@@ -10,7 +10,6 @@ loaded by then. The import tests and tests/bench/import_time.py both run it.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import subprocess
 import sys
@@ -32,10 +31,9 @@ SECRET = "cold-start-secret"
 BOT_TOKEN = "7000000001:AAFcoldSTARTtokenFORimportCHECKS_00"
 JWT_SECRET = "cold-start-jwt-secret-of-at-least-32-characters"
 
-# What a target that does not use them must not pay for: module name prefixes.
+# What a target that does not use them must not pay for: module name prefixes. No target signs with PyJWT
+# (telegram_auth's HS256 is the standard library's HMAC), so no target loads it or cryptography.
 HEAVY = ("openai", "supabase", "jwt", "cryptography", "httpx", "psycopg", "google.cloud.tasks", "grpc")
-# PyJWT loads cryptography whenever it is installed, even for HS256.
-JWT = frozenset({"jwt", "cryptography"} if importlib.util.find_spec("cryptography") else {"jwt"})
 
 Sql = psycopg.Connection[dict[str, Any]]
 
@@ -222,7 +220,7 @@ def mini_app_sign_in(sql: Sql) -> FirstRequest:
     }
     return FirstRequest(
         {"init_data": sign_init_data(fields, BOT_TOKEN)},
-        frozenset({"psycopg"}) | JWT,
+        frozenset({"psycopg"}),
         env={"TELEGRAM_BOT_TOKEN": BOT_TOKEN, "SUPABASE_JWT_SECRET": JWT_SECRET},
         answer={"telegram_id": 7401},
     )
