@@ -67,6 +67,6 @@ def kind_for_table(table: str) -> AnyKind | None:
 
 
 def _kinds() -> tuple[AnyKind, ...]:
-    """KINDS, read as any importer reads it (the first read imports every kind)."""
-    kinds: tuple[AnyKind, ...] = globals().get("KINDS") or __getattr__("KINDS")  # type: ignore[assignment]
-    return kinds
+    from planbus.kinds import KINDS  # read as any importer reads it: the first read imports every kind
+
+    return KINDS
