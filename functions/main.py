@@ -6,9 +6,10 @@ each over shared code: its webhook (`handle_<kind>_request`) and its worker (`pr
 Infrastructure failures are mapped in one place (`_serve`): an unconfigured function or an unreachable
 database is 503, a statement the database refused is 500; everything else is an answer of the use case.
 
-Cold starts are paid per target: only flask, functions_framework, pydantic and light planbus modules are
-imported here; settings, the database adapters, the generators, Telegram and JWT are imported by the code
-path that uses them.
+Cold starts are paid per target: importing this module loads only flask, functions_framework and the
+light planbus modules every target shares (http, logs, errors). pydantic, the settings, the request kind a
+target serves (and no other), the database adapters, the generators, Telegram and the token signer are
+imported by the code path that uses them.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import flask
 import functions_framework
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planbus import http, logs
 from planbus.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
-from planbus.kinds import DRAFT, KINDS, PLAN, AnyKind
-from planbus.models import UUID_PATTERN, WebhookPayload, describe_errors
 
 if TYPE_CHECKING:
+    from planbus.calls import ScheduledCall
     from planbus.dispatch import TaskQueue
+    from planbus.kinds import AnyKind
     from planbus.services.outcomes import RequestOutcome
     from planbus.settings import Settings
 
@@ -50,41 +50,33 @@ TELEGRAM_AUTH_CORS = {
 @functions_framework.http
 def handle_plan_request(request: flask.Request) -> Response:
     """Database webhook on plan_requests (see `_webhook`)."""
+    from planbus.kinds.plans import PLAN
+
     return _webhook(PLAN, request)
 
 
 @functions_framework.http
 def process_plan_request(request: flask.Request) -> Response:
     """Worker for one plan request (see `_worker`)."""
+    from planbus.kinds.plans import PLAN
+
     return _worker(PLAN, request)
 
 
 @functions_framework.http
 def handle_draft_request(request: flask.Request) -> Response:
     """Database webhook on draft_requests (see `_webhook`)."""
+    from planbus.kinds.drafts import DRAFT
+
     return _webhook(DRAFT, request)
 
 
 @functions_framework.http
 def process_draft_request(request: flask.Request) -> Response:
     """Worker for one draft request (see `_worker`)."""
+    from planbus.kinds.drafts import DRAFT
+
     return _worker(DRAFT, request)
-
-
-class WorkerCall(BaseModel):
-    """The body a worker takes (from Cloud Tasks): the request to process."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    request_id: str = Field(pattern=UUID_PATTERN)
-
-
-class ScheduledCall(BaseModel):
-    """The optional body of a scheduled call: at most how many rows this call may take on."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int | None = Field(default=None, ge=1, le=10_000)
 
 
 def _webhook(kind: AnyKind, request: flask.Request) -> Response:
@@ -99,7 +91,10 @@ def _webhook(kind: AnyKind, request: flask.Request) -> Response:
     """
 
     def work() -> Response:
+        from pydantic import ValidationError
+
         from planbus import bootstrap
+        from planbus.models import WebhookPayload, describe_errors
         from planbus.services import requests
 
         settings = bootstrap.settings()
@@ -135,7 +130,10 @@ def _worker(kind: AnyKind, request: flask.Request) -> Response:
     """
 
     def work() -> Response:
+        from pydantic import ValidationError
+
         from planbus import bootstrap
+        from planbus.models import WorkerCall, describe_errors
 
         settings = bootstrap.settings()
         refusal = _refusal(kind.process_target, request, settings=settings)
@@ -206,6 +204,7 @@ def reset_stale_requests(request: flask.Request) -> Response:
     def run(settings: Settings, call: ScheduledCall) -> dict[str, Any]:
         from planbus import bootstrap
         from planbus.clock import SystemClock
+        from planbus.kinds import KINDS
         from planbus.services import recovery
 
         counts = recovery.reset_stale_requests(
@@ -233,6 +232,8 @@ def telegram_auth(request: flask.Request) -> tuple[dict[str, Any] | str, int, di
         return "", 204, TELEGRAM_AUTH_CORS
 
     def work() -> Response:
+        from pydantic import ValidationError
+
         from planbus import bootstrap
         from planbus.clock import SystemClock
         from planbus.initdata import InvalidInitData
@@ -268,7 +269,10 @@ def _scheduled(
     """What both scheduled functions share: the secret, POST, and the optional {"limit": n} body."""
 
     def work() -> Response:
+        from pydantic import ValidationError
+
         from planbus import bootstrap
+        from planbus.calls import ScheduledCall
 
         settings = bootstrap.settings()
         refusal = _refusal(name, request, settings=settings)
@@ -278,6 +282,8 @@ def _scheduled(
         try:
             call = ScheduledCall.model_validate_json(raw) if raw.strip() else ScheduledCall()
         except ValidationError as exc:
+            from planbus.models import describe_errors
+
             return _error(400, f'body must be empty or {{"limit": n}} (1 to 10000): {describe_errors(exc)}')
         return run(settings, call), 200
 

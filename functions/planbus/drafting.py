@@ -3,7 +3,8 @@ result stored on a completed draft request (its JSON Schema is committed under s
 the check of the screenshot URL the request may carry.
 
 No I/O here. The screenshot (`proof_url`) is untrusted input: planbus never fetches it, it only hands the
-URL to the model, and only after `validate_proof_url` has accepted it.
+URL to the model, and only after `validate_proof_url` has accepted it. The models are built when first
+used (`defer_build`), as in planbus.models.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class DraftInput(BaseModel):
     """What a draft is written from: the lead, the plan step (and its 0-based index), and the request's
     optional screenshot URL and instructions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     lead: LeadFacts
     step_index: int = Field(ge=0)
@@ -43,7 +44,7 @@ class DraftInput(BaseModel):
 class Draft(BaseModel):
     """A ready-to-send message for one plan step, as the model writes it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True, str_strip_whitespace=True)
 
     text: str = Field(
         min_length=1,
@@ -67,6 +68,7 @@ class DraftResult(BaseModel):
     """What a completed draft request's `result` holds: the draft and where it came from."""
 
     model_config = ConfigDict(
+        defer_build=True,
         extra="forbid",
         frozen=True,
         title="planbus draft request result",

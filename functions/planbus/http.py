@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hmac
 import io
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
 import flask
 
 from planbus import logs
-from planbus.settings import Settings
+
+if TYPE_CHECKING:
+    from planbus.settings import Settings
 
 Response = tuple[dict[str, Any], int]
 

@@ -1,6 +1,9 @@
-"""The data planbus exchanges: the database webhook payload (of any request kind's table), the lead's
-facts, the engagement plan, and the result stored on a completed plan request (its JSON Schema is
-committed under schemas/).
+"""The data planbus exchanges: the database webhook payload (of any request kind's table) and a worker's
+body, the lead's facts, the engagement plan, and the result stored on a completed plan request (its JSON
+Schema is committed under schemas/).
+
+Every model is built when first used (`defer_build`), not when this module is imported: a cold start pays
+for the validators its request needs, not for every model of the modules it loads.
 
 Bounds are part of the model so that a plan from any generator is checked the same way before it is
 written: a plan that a salesperson can act on has a few ordered steps over weeks, not months, each short
@@ -50,7 +53,7 @@ def _text(max_length: int, description: str) -> Any:
 class PlanStep(BaseModel):
     """One action of the plan, taken `day_offset` days after the plan is made."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True, str_strip_whitespace=True)
 
     day_offset: int = Field(
         ge=0, le=MAX_DAY_OFFSET, description="days after the plan is made when this step is due (0 = today)"
@@ -64,7 +67,7 @@ class PlanStep(BaseModel):
 class Plan(BaseModel):
     """An engagement plan for one lead: a summary and its steps in the order they are to be taken."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True, str_strip_whitespace=True)
 
     summary: str = _text(MAX_SUMMARY, "the approach in two or three sentences")
     steps: list[PlanStep] = Field(
@@ -88,7 +91,7 @@ class Plan(BaseModel):
 class TokenUsage(BaseModel):
     """Tokens the LLM call consumed, as the API reported them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
@@ -99,6 +102,7 @@ class PlanResult(BaseModel):
     """What a completed plan request's `result` holds: the plan and where it came from."""
 
     model_config = ConfigDict(
+        defer_build=True,
         extra="forbid",
         frozen=True,
         title="planbus plan request result",
@@ -120,10 +124,18 @@ class PlanResult(BaseModel):
     response_id: str | None = Field(default=None, description="the LLM API's id for the answer, if any")
 
 
+class WorkerCall(BaseModel):
+    """The body a worker takes (from Cloud Tasks): the request to process."""
+
+    model_config = ConfigDict(defer_build=True, extra="forbid")
+
+    request_id: str = Field(pattern=UUID_PATTERN)
+
+
 class LeadFacts(BaseModel):
     """The lead registry row, as the claim returns it: what a plan is built from."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", frozen=True)
 
     id: UUID
     full_name: str
@@ -143,7 +155,7 @@ class WebhookPayload(BaseModel):
     other events are accepted, and the webhook answers them as skipped.
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", frozen=True)
 
     type: str = Field(min_length=1)
     table: str = Field(min_length=1)

@@ -22,7 +22,8 @@ RequestStatus = Literal["pending", "processing", "completed", "failed"]
 
 
 class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Built on first use: one request reads two or three of these answers.
+    model_config = ConfigDict(defer_build=True, extra="ignore", frozen=True)
 
 
 class Claimed(_Answer):
@@ -43,7 +44,7 @@ class NotClaimed(_Answer):
 class Completed(_Answer):
     """The result is stored and the kind's completion step ran; `details` is what the step reported."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="allow", frozen=True)
 
     @property
     def details(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """A cold start pays only for what its target uses: importing main.py loads none of the heavy libraries
-(openai, supabase, PyJWT, cryptography, httpx, psycopg, Cloud Tasks, gRPC), and a target's first request
-loads only those its work needs. Each case runs in a fresh interpreter (support/first_requests.py); the
-time it takes is measured by tests/bench/bench_cold_start.py (`make bench ARGS="--only cold_start"`),
-not asserted here.
+(openai, supabase, PyJWT, cryptography, httpx, psycopg, Cloud Tasks, gRPC) and none of pydantic, the
+settings, the models or a request kind; a target's first request loads only the heavy libraries its work
+needs, and only the request kinds it serves. Each case runs in a fresh interpreter
+(support/first_requests.py); the time it takes is measured by tests/bench/bench_cold_start.py
+(`make bench ARGS="--only cold_start"`), not asserted here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def test_importing_main_loads_no_heavy_library_and_the_first_request_only_what_t
     request = arrange(sql) if arrange else None
     start = cold_start(target, database_url, request)
     assert start.after_import == set()
+    assert start.deferred_at_import == set()
     assert request is not None, (
         f"support/first_requests.py has no first request for {target}: add the request that does its work "
         "and the heavy libraries that work needs"
@@ -33,6 +35,7 @@ def test_importing_main_loads_no_heavy_library_and_the_first_request_only_what_t
     answer = json.loads(start.answer)
     assert {key: answer.get(key) for key in request.answer} == request.answer
     assert start.after_request == request.uses
+    assert start.kinds == request.kinds
 
 
 def test_sending_a_reminder_to_telegram_is_what_loads_httpx(database_url: str, sql: Sql) -> None:

@@ -10,7 +10,6 @@ loaded by then. The import tests and tests/bench/import_time.py both run it.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import subprocess
 import sys
@@ -32,10 +31,17 @@ SECRET = "cold-start-secret"
 BOT_TOKEN = "7000000001:AAFcoldSTARTtokenFORimportCHECKS_00"
 JWT_SECRET = "cold-start-jwt-secret-of-at-least-32-characters"
 
-# What a target that does not use them must not pay for: module name prefixes.
+# What a target that does not use them must not pay for: module name prefixes. No target signs with PyJWT
+# (telegram_auth's HS256 is the standard library's HMAC), so no target loads it or cryptography.
 HEAVY = ("openai", "supabase", "jwt", "cryptography", "httpx", "psycopg", "google.cloud.tasks", "grpc")
-# PyJWT loads cryptography whenever it is installed, even for HS256.
-JWT = frozenset({"jwt", "cryptography"} if importlib.util.find_spec("cryptography") else {"jwt"})
+# What importing main.py leaves to the code path that uses it: each target needs some of these, and a
+# target's first request loads only those.
+DEFERRED = ("pydantic", "planbus.settings", "planbus.models", "planbus.kinds")
+# Each request kind's module: a target loads the kinds it serves, and no other.
+KIND_MODULES = {"planbus.kinds.plans": "plan", "planbus.kinds.drafts": "draft"}
+
+PLAN = frozenset({"plan"})
+DRAFT = frozenset({"draft"})
 
 Sql = psycopg.Connection[dict[str, Any]]
 
@@ -64,10 +70,10 @@ print(json.dumps({
 """
 
 
-def heavy(modules: list[str]) -> set[str]:
-    """Which of HEAVY the loaded `modules` include (a package counts with its submodules and siblings
+def heavy(modules: list[str], among: tuple[str, ...] = HEAVY) -> set[str]:
+    """Which of `among` the loaded `modules` include (a package counts with its submodules and siblings
     such as psycopg_pool or google.cloud.tasks_v2)."""
-    return {h for h in HEAVY for m in modules if m == h or m.startswith((h + ".", h + "_"))}
+    return {h for h in among for m in modules if m == h or m.startswith((h + ".", h + "_"))}
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class FirstRequest:
     uses: frozenset[str]
     env: dict[str, str] = field(default_factory=dict)
     answer: dict[str, Any] = field(default_factory=dict)  # what the JSON answer holds when the work is done
+    kinds: frozenset[str] = frozenset()  # the request kinds the target serves (KIND_MODULES' names)
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,10 @@ class ColdStart:
     request: float  # the first request, end to end through the test client
     status: int
     answer: str
-    after_import: set[str]
-    after_request: set[str]
+    after_import: set[str]  # HEAVY loaded by importing main.py
+    after_request: set[str]  # HEAVY loaded once the first request is answered
+    deferred_at_import: set[str]  # DEFERRED loaded by importing main.py
+    kinds: set[str]  # request kinds whose module is loaded once the first request is answered
 
     @property
     def total(self) -> float:
@@ -152,6 +161,8 @@ def cold_start(
         answer=seen["answer"],
         after_import=heavy(seen["after_import"]),
         after_request=heavy(seen["after_request"]),
+        deferred_at_import=heavy(seen["after_import"], DEFERRED),
+        kinds={kind for module, kind in KIND_MODULES.items() if module in seen["after_request"]},
     )
 
 
@@ -187,7 +198,7 @@ def plan_request_insert(sql: Sql) -> FirstRequest:
         "record": record,
         "old_record": None,
     }
-    return FirstRequest(event, frozenset({"psycopg"}), answer={"outcome": "completed"})
+    return FirstRequest(event, frozenset({"psycopg"}), answer={"outcome": "completed"}, kinds=PLAN)
 
 
 def due_reminder(sql: Sql) -> FirstRequest:
@@ -211,7 +222,8 @@ def due_reminder(sql: Sql) -> FirstRequest:
 def lost_request(sql: Sql) -> FirstRequest:
     """A pending request whose webhook never came: found by the sweeper and processed."""
     _pending(sql, 7301, age=timedelta(hours=1))
-    return FirstRequest(None, frozenset({"psycopg"}), answer={"redispatched": 1})
+    # The sweeper goes over every kind.
+    return FirstRequest(None, frozenset({"psycopg"}), answer={"redispatched": 1}, kinds=PLAN | DRAFT)
 
 
 def mini_app_sign_in(sql: Sql) -> FirstRequest:
@@ -222,7 +234,7 @@ def mini_app_sign_in(sql: Sql) -> FirstRequest:
     }
     return FirstRequest(
         {"init_data": sign_init_data(fields, BOT_TOKEN)},
-        frozenset({"psycopg"}) | JWT,
+        frozenset({"psycopg"}),
         env={"TELEGRAM_BOT_TOKEN": BOT_TOKEN, "SUPABASE_JWT_SECRET": JWT_SECRET},
         answer={"telegram_id": 7401},
     )
@@ -240,7 +252,7 @@ def draft_request_insert(sql: Sql) -> FirstRequest:
     record = json.loads(json.dumps(row, default=str))
     event = {"type": "INSERT", "table": "draft_requests", "schema": "public", "record": record}
     return FirstRequest(
-        {**event, "old_record": None}, frozenset({"psycopg"}), answer={"outcome": "completed"}
+        {**event, "old_record": None}, frozenset({"psycopg"}), answer={"outcome": "completed"}, kinds=DRAFT
     )
 
 
@@ -248,7 +260,10 @@ def plan_task(sql: Sql) -> FirstRequest:
     """A Cloud Tasks call for a pending plan request: claimed, planned offline, completed."""
     request = _pending(sql, 7601)
     return FirstRequest(
-        {"request_id": str(request["id"])}, frozenset({"psycopg"}), answer={"outcome": "completed"}
+        {"request_id": str(request["id"])},
+        frozenset({"psycopg"}),
+        answer={"outcome": "completed"},
+        kinds=PLAN,
     )
 
 
@@ -257,7 +272,9 @@ def draft_task(sql: Sql) -> FirstRequest:
     event = draft_request_insert(sql).body
     assert event is not None
     request_id = event["record"]["id"]
-    return FirstRequest({"request_id": request_id}, frozenset({"psycopg"}), answer={"outcome": "completed"})
+    return FirstRequest(
+        {"request_id": request_id}, frozenset({"psycopg"}), answer={"outcome": "completed"}, kinds=DRAFT
+    )
 
 
 # A target added to main.py gets its entry here: the request that shows what its cold start costs.

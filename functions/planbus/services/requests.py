@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planbus import logs
 from planbus.clock import Clock
 from planbus.db import Database
-from planbus.dispatch import TaskQueue
 from planbus.errors import DatabaseError, DatabaseUnavailable, GenerationError
 from planbus.kinds import AnyKind, Finished, Provenance
-from planbus.models import WebhookPayload
-from planbus.services.dispatch import enqueue_retry
 from planbus.services.outcomes import RequestOutcome
 from planbus.settings import Settings
 from planbus.state import Claimed, FailureDiscarded, NotClaimed, NotCompleted, RequestStates
+
+if TYPE_CHECKING:
+    from planbus.dispatch import TaskQueue
+    from planbus.models import WebhookPayload
 
 log = logs.get_logger("requests")
 
@@ -177,6 +178,9 @@ class _Attempt:
             return RequestOutcome(self.request_id, "failed", str(answer.error))
         reason = f"{message}; retry scheduled at {answer.run_after.isoformat()}"
         if self.queue is not None:
+            # Only a worker with a task queue enqueues: inline dispatch never loads the dispatch code.
+            from planbus.services.dispatch import enqueue_retry
+
             reason += enqueue_retry(
                 self.kind,
                 self.states,
