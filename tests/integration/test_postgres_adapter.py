@@ -217,9 +217,14 @@ def test_a_connection_idle_longer_than_recheck_after_is_checked_with_an_empty_qu
 def test_a_recent_connection_the_server_ended_is_checked_and_replaced(database_url: str, sql: Conn) -> None:
     sent: list[str] = []
     pool = recording_pool(database_url, sent, recheck_after=60)
-    cut = iter([lambda: terminate_other_backends(sql), lambda: None])
+    cuts: list[int] = []
+
+    def cut_once() -> None:
+        if not cuts:
+            cuts.append(terminate_other_backends(sql))
+
     try:
-        first, second = run_twice(pool, between=lambda: next(cut)())
+        first, second = run_twice(pool, between=cut_once)
     finally:
         pool.close()
     assert first != second
