@@ -26,19 +26,26 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _current: tuple[Settings, Database] | None = None
 _queue: tuple[Settings, TaskQueue] | None = None
+_secrets_of: Settings | None = None  # the settings whose secrets are registered
 
 
 def settings() -> Settings:
     """The settings, with logging configured and secrets registered for masking."""
+    global _secrets_of
     current = get_settings()
     logs.configure(current.log_level)
-    register_secrets(current)
+    if current is not _secrets_of:  # registering is idempotent, and costs a few encodings per secret
+        register_secrets(current)
+        _secrets_of = current
     return current
 
 
 def database() -> Database:
     """The process's database adapter for the current settings (re-made when the settings change)."""
     global _current
+    ready = _current
+    if ready is not None and ready[0] is get_settings():
+        return ready[1]  # built for these settings, which settings() configured then
     wanted = settings()
     with _lock:
         if _current is None or _current[0] is not wanted:

@@ -1,7 +1,8 @@
 """The request state machine as the use cases see it: one method per SQL function, typed answers.
 
-`RequestStates(db, kind)` calls the functions of migrations/0009 for one registered kind and turns their
-JSON into the models below, so a use case reads `claim.attempt`, never `answer["attempt"]`. Every
+`RequestStates(db, kind)` calls the functions of migrations/0009 for one registered kind (the claim and
+the completion generated per kind by 0018, so no call re-plans dynamic SQL) and turns their JSON into the
+models below, so a use case reads `claim.attempt`, never `answer["attempt"]`. Every
 transition lives in SQL; this module only names the arguments and reads the answers. Answers that say a
 transition did not happen (`NotClaimed`, `NotCompleted`, `FailureDiscarded`) are data, not errors.
 """

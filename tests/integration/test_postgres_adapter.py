@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from planbus.db import connect
+from planbus.db.pool import ConnectionPool
 from planbus.db.postgres import PostgresDatabase
 from planbus.db.retry import call_with_retry
 from planbus.errors import (
@@ -50,8 +52,10 @@ def unused_port() -> int:
 
 
 def terminate_other_backends(sql: Conn) -> int:
+    # With a timeout, pg_terminate_backend waits until each backend has gone, as a restart would have
+    # ended them before the next call: the connections are dead, not dying, when the pool next looks.
     rows = sql.execute(
-        "SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity"
+        "SELECT pg_terminate_backend(pid, 10000) AS done FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
     ).fetchall()
     return len(rows)
@@ -149,6 +153,84 @@ def test_the_pool_recovers_after_the_servers_connections_were_cut(db: PostgresDa
     assert db.call("planbus_test_echo", p_value={"before": True}) == {"before": True}
     assert terminate_other_backends(sql) >= 1  # the pool's idle connection, as a restart would
     assert db.call("planbus_test_echo", p_value={"after": True}) == {"after": True}
+
+
+def recording_pool(url: str, sent: list[str], *, recheck_after: float) -> ConnectionPool:
+    """A pool whose connections note every statement they are given in `sent`."""
+
+    def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        conn = psycopg.Connection.connect(url, **kwargs)
+        execute = conn.execute
+
+        def recorded(query: Any, *args: Any, **kw: Any) -> Any:
+            sent.append(str(query))
+            return execute(query, *args, **kw)
+
+        conn.execute = recorded  # type: ignore[method-assign]
+        return conn
+
+    return ConnectionPool(
+        url,
+        max_size=2,
+        timeout=5,
+        retest_after=0.5,
+        kwargs={"autocommit": True},
+        recheck_after=recheck_after,
+        connect=connect,
+    )
+
+
+def run_twice(pool: ConnectionPool, between: Callable[[], object] = lambda: None) -> list[int]:
+    pids = []
+    for query in ("SELECT 1", "SELECT 2"):
+        with pool.connection() as conn:
+            conn.execute(query)
+            pids.append(conn.info.backend_pid)
+        between()
+    return pids
+
+
+def test_a_connection_given_back_moments_ago_is_reused_without_a_check_query(database_url: str) -> None:
+    sent: list[str] = []
+    pool = recording_pool(database_url, sent, recheck_after=60)
+    try:
+        first, second = run_twice(pool)
+    finally:
+        pool.close()
+    assert first == second
+    assert sent == ["SELECT 1", "SELECT 2"]
+
+
+def test_a_connection_idle_longer_than_recheck_after_is_checked_with_an_empty_query(
+    database_url: str,
+) -> None:
+    sent: list[str] = []
+    pool = recording_pool(database_url, sent, recheck_after=0)
+    try:
+        first, second = run_twice(pool)
+    finally:
+        pool.close()
+    assert first == second
+    assert sent == ["SELECT 1", "", "SELECT 2"]
+
+
+def test_a_recent_connection_the_server_ended_is_checked_and_replaced(database_url: str, sql: Conn) -> None:
+    sent: list[str] = []
+    pool = recording_pool(database_url, sent, recheck_after=60)
+    cuts: list[int] = []
+
+    def cut_once() -> None:
+        if not cuts:
+            cuts.append(terminate_other_backends(sql))
+
+    try:
+        first, second = run_twice(pool, between=cut_once)
+    finally:
+        pool.close()
+    assert first != second
+    # The ended connection had something to read (the server's goodbye), so it was checked, failed the
+    # check, and a new connection ran the statement.
+    assert sent == ["SELECT 1", "", "SELECT 2"]
 
 
 @pytest.mark.usefixtures("echo")

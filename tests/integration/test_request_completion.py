@@ -192,6 +192,16 @@ def test_completion_is_all_or_nothing_when_a_write_fails_midway(
             reminders([{"step_index": 0, "due_at": "next week", "text": "hi"}]),
             "invalid input syntax for type timestamp",
         ),
+        # Every check but the cast passes: the first due_at that is no timestamp is the error.
+        (
+            reminders([*schedule(0), {"step_index": 1, "due_at": "next week", "text": "hi"}]),
+            'invalid input syntax for type timestamp with time zone: "next week"',
+        ),
+        # A whole step_index written as a decimal is checked element by element, as before.
+        (
+            reminders([{"step_index": 0.0, "due_at": "2030-01-01T10:00:00Z", "text": "  "}]),
+            "reminder 0 needs a non-empty text",
+        ),
     ],
 )
 def test_a_malformed_completion_is_refused_clearly_and_changes_nothing(

@@ -12,14 +12,19 @@ This pool instead:
   with DatabaseUnavailable, except one call every `retest_after` seconds, which tries to connect: if it
   succeeds the pool is up again for everyone. A connect is cheap (refused at once by a stopped server, at
   most `connect_timeout` against an unreachable host), so this is how the outage is noticed to be over;
-- checks an idle connection with an empty query before handing it out, and replaces it when it died
-  while idle (a restarted server, a failover, a proxy's idle timeout), without pausing in between;
+- checks an idle connection before handing it out, and replaces it when it died while idle (a restarted
+  server, a failover, a proxy's idle timeout), without pausing in between. A connection given back less
+  than `recheck_after` seconds ago is checked without a round trip: a server or proxy that ends a
+  connection says so on its socket (an error message, then end of file), so a socket with nothing to read
+  is one whose connection still stands, and a busy worker does not pay a round trip per call for it. One
+  with something to read, or idle longer, is checked with an empty query;
 - takes a connection back only when it is healthy and idle; a broken one is closed and forgotten.
 Callers wait (up to `timeout`) only for a connection another call is using.
 """
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +41,9 @@ Connection = psycopg.Connection[Any]
 
 log = logs.get_logger("db")
 
+# A connection idle longer than this is checked with a round trip before it is handed out again.
+RECHECK_AFTER_SECONDS = 10.0
+
 
 class ConnectionPool:
     """Up to `max_size` connections to `url`, opened on demand with `connect(url, **kwargs)`."""
@@ -48,16 +56,18 @@ class ConnectionPool:
         timeout: float,
         retest_after: float,
         kwargs: dict[str, Any],
+        recheck_after: float = RECHECK_AFTER_SECONDS,
         connect: Callable[..., Connection] = psycopg.Connection.connect,
     ) -> None:
         self._url = url
         self._max_size = max_size
         self._timeout = timeout
         self._retest_after = retest_after
+        self._recheck_after = recheck_after
         self._kwargs = kwargs
         self._connect = connect
         self._cond = threading.Condition()
-        self._idle: list[Connection] = []
+        self._idle: list[tuple[Connection, float]] = []  # with when each was given back (monotonic)
         self._size = 0  # connections idle, in use, or being opened
         self._closed = False
         # While down: since when, the last connect error, when the next connect may be tried, and
@@ -83,23 +93,26 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
             self._size -= len(idle)
             self._cond.notify_all()
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
     def _take(self) -> Connection:
         while True:
-            conn = self._reserve()
-            if conn is None:
+            reserved = self._reserve()
+            if reserved is None:
                 return self._open()
+            conn, given_back = reserved
             try:
                 if conn.info.transaction_status == TransactionStatus.IDLE:
-                    conn.execute("")
+                    recent = time.monotonic() - given_back < self._recheck_after
+                    if not (recent and _quiet(conn)):
+                        conn.execute("")
                     return conn
             except psycopg.Error:
                 pass
             self._discard(conn)
 
-    def _reserve(self) -> Connection | None:
+    def _reserve(self) -> tuple[Connection, float] | None:
         """An idle connection, or None once a slot is reserved for opening a new one."""
         deadline = time.monotonic() + self._timeout
         with self._cond:
@@ -172,7 +185,7 @@ class ConnectionPool:
             return
         with self._cond:
             if not self._closed:
-                self._idle.append(conn)
+                self._idle.append((conn, time.monotonic()))
                 self._cond.notify()
                 return
             self._size -= 1
@@ -183,3 +196,11 @@ class ConnectionPool:
             self._size -= 1
             self._cond.notify()
         conn.close()
+
+
+def _quiet(conn: Connection) -> bool:
+    """Whether nothing waits on the connection's socket (an idle connection is sent nothing unless the
+    server or a proxy is ending it)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return not poller.poll(0)

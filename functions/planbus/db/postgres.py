@@ -14,11 +14,11 @@ No statement is ever prepared on the server, so the adapter works through transa
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from planbus.db import translate_error
@@ -31,6 +31,17 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 CONNECT_TIMEOUT_SECONDS = 2
 # While the database is down, one call at most this often tries to connect; the others fail at once.
 RETEST_SECONDS = 0.5
+
+
+@functools.lru_cache(maxsize=256)
+def _call_query(function: str, names: tuple[str, ...]) -> bytes:
+    """`SELECT public."<function>"("<name>" => %(name)s, ...)`, composed once per function and argument
+    names (composing with psycopg.sql escapes every identifier on every call). The names are checked to
+    be plain identifiers, which quoting alone then makes safe."""
+    if not _NAME.match(function) or not all(_NAME.match(name) for name in names):
+        raise ValueError(f"not a SQL identifier: {function}({', '.join(names)})")
+    arguments = ", ".join(f'"{name}" => %({name})s' for name in names)
+    return f'SELECT "public"."{function}"({arguments})'.encode()
 
 
 def _adapt(value: Any) -> Any:
@@ -60,14 +71,7 @@ class PostgresDatabase:
 
     def call(self, function: str, /, **params: Any) -> Any:
         """Run `SELECT public.<function>(name => value, ...)`; return its decoded JSON (None for null)."""
-        if not _NAME.match(function) or not all(_NAME.match(name) for name in params):
-            raise ValueError(f"not a SQL identifier: {function}({', '.join(params)})")
-        arguments = sql.SQL(", ").join(
-            sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in params
-        )
-        query = sql.SQL("SELECT {}.{}({})").format(
-            sql.Identifier("public"), sql.Identifier(function), arguments
-        )
+        query = _call_query(function, tuple(params))
         try:
             with self._pool.connection() as conn:
                 row = conn.execute(query, {name: _adapt(v) for name, v in params.items()}).fetchone()
