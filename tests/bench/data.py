@@ -94,8 +94,8 @@ def bare_pending(conn: Conn, count: int) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
-def finished_history(conn: Conn, start: int, stop: int, result: str) -> None:
-    """Finished requests number start+1 .. stop over the last 30 days, as years of use leave them:
+def finished_history(conn: Conn, start: int, stop: int, result: str, *, days: float) -> None:
+    """Finished requests number start+1 .. stop over the last `days`, as the use of that long leaves them:
 
     requests   95% completed (with `result`), 5% failed after 3 attempts; 10 per lead
     reminders  one per completed request: 80% sent, 15% cancelled, 5% failed
@@ -103,18 +103,19 @@ def finished_history(conn: Conn, start: int, stop: int, result: str) -> None:
     """
     lead = _uuid_sql(1, "((n - 1) / 10 + 1)")
     request = _uuid_sql(2, "n")
-    # Spread over the last 30 days, the same for a request and its reminder without joining them.
-    at = "(now() - ((n::bigint * 7919) %% 2592000) * interval '1 second')"
+    # Spread over the last `days`, the same for a request and its reminder without joining them.
+    span = max(round(days * 86400), 1)
+    at = f"(now() - ((n::bigint * 7919) %% {span}) * interval '1 second')"
     conn.execute(
         f"""
         INSERT INTO public.leads (id, telegram_id, full_name, company, status, created_at, updated_at)
         SELECT {lead}, 3000000 + ((n - 1) / 10 + 1) %% 50000, 'History lead ' || n, 'Company', 'plan_ready',
-               now() - interval '31 days', now() - interval '31 days'
+               now() - %(before)s * interval '1 second', now() - %(before)s * interval '1 second'
           FROM generate_series(%(start)s + 1, %(stop)s) AS n
          WHERE (n - 1) %% {REQUESTS_PER_LEAD} = 0
         ON CONFLICT (id) DO NOTHING
         """,
-        {"start": start, "stop": stop},
+        {"start": start, "stop": stop, "before": span + 86400},
     )
     conn.execute(
         f"""
@@ -151,14 +152,14 @@ def finished_history(conn: Conn, start: int, stop: int, result: str) -> None:
     conn.execute(
         f"""
         INSERT INTO {targets.ERRORS_TABLE} (kind, request_id, attempt, at, message)
-        SELECT '{targets.KIND}', {request}, a, now() - random() * interval '30 days',
+        SELECT '{targets.KIND}', {request}, a, now() - random() * %(span)s * interval '1 second',
                CASE WHEN n %% 20 = 0 THEN 'OpenAI answered 503: upstream overloaded'
                     ELSE 'OpenAI did not answer within 60 s' END
           FROM generate_series(%(start)s + 1, %(stop)s) AS n,
                LATERAL generate_series(1, CASE WHEN n %% 20 = 0 THEN 3 WHEN n %% 10 = 1 THEN 1 ELSE 0 END)
                  AS a
         """,
-        {"start": start, "stop": stop},
+        {"start": start, "stop": stop, "span": span},
     )
 
 
