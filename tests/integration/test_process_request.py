@@ -27,6 +27,7 @@ from planbus.models import GeneratorName, LeadFacts, Plan, PlanResult
 from planbus.services.outcomes import RequestOutcome
 from planbus.services.requests import process_request
 from planbus.settings import Settings
+from support.clocks import OneReadingClock
 from support.request_kinds import ready_request
 from support.request_rows import error_history, request_row
 
@@ -405,18 +406,6 @@ def test_a_plan_is_stored_on_the_lead_with_its_reminders_all_from_one_clock_read
     assert reminders[0]["due_at"] == now
     assert reminders[1]["due_at"] == datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
     assert result.plan.steps[-1].message_draft in reminders[-1]["text"]
-
-
-class OneReadingClock(FixedClock):
-    """A fixed clock that counts how often it is read."""
-
-    def __init__(self, at: datetime) -> None:
-        super().__init__(at)
-        self.readings = 0
-
-    def now(self) -> datetime:
-        self.readings += 1
-        return super().now()
 
 
 def test_a_newer_plan_builds_on_the_previous_one_and_replaces_its_reminders(
