@@ -14,14 +14,13 @@ request, as for plans.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Protocol
 
 from planbus.drafting import Draft, DraftInput, build_draft_messages, check_proof_url
-from planbus.errors import ConfigurationError
+from planbus.llm import PerSettings, openai_api_key
 from planbus.llm.structured import StrictSchema, StructuredOutputGenerator
 from planbus.models import GeneratorName, TokenUsage
 from planbus.settings import Settings
@@ -60,10 +59,8 @@ def make_draft_generator(settings: Settings, *, http_client: Any | None = None) 
     hosts = settings.proof_url_allowed_hosts
     if settings.generator == "offline":
         return OfflineDraftGenerator(proof_url_hosts=hosts)
-    if settings.openai_api_key is None or not settings.openai_api_key.get_secret_value():
-        raise ConfigurationError("PLAN_GENERATOR=openai needs OPENAI_API_KEY")
     return OpenAIDraftGenerator(
-        api_key=settings.openai_api_key.get_secret_value(),
+        api_key=openai_api_key(settings),
         model=settings.draft_openai_model,
         base_url=settings.openai_base_url,
         timeout=settings.draft_openai_timeout,
@@ -72,17 +69,8 @@ def make_draft_generator(settings: Settings, *, http_client: Any | None = None) 
     )
 
 
-_lock = threading.Lock()
-_cached: tuple[Settings, DraftGenerator] | None = None
-
-
-def draft_generator_for(settings: Settings) -> DraftGenerator:
-    """The process's draft generator for these settings: a warm instance keeps its HTTP connections."""
-    global _cached
-    with _lock:
-        if _cached is None or _cached[0] is not settings:
-            _cached = (settings, make_draft_generator(settings))
-        return _cached[1]
+# The process's draft generator for these settings.
+draft_generator_for: PerSettings[DraftGenerator] = PerSettings(make_draft_generator)
 
 
 class OfflineDraftGenerator:
