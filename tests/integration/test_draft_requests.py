@@ -26,7 +26,13 @@ from planbus.settings import Settings
 from support.clocks import OneReadingClock
 from support.drafts import VALID_DRAFT
 from support.openai_fakes import FakeOpenAI, completion
-from support.request_kinds import insert_request, ready_request
+from support.request_kinds import (
+    claim_request,
+    claimed_attempt,
+    complete_request,
+    insert_request,
+    ready_request,
+)
 from support.request_rows import request_row
 
 Row = dict[str, Any]
@@ -134,13 +140,7 @@ def test_a_draft_completed_after_a_newer_plan_leaves_the_newer_plans_reminders_a
     db: PostgresDatabase, sql: Sql, lead: Row
 ) -> None:
     request = ready_request(sql, db, DRAFT, lead, step_index=0)
-    claim = db.call(
-        "planbus_claim_request",
-        p_kind="draft",
-        p_request_id=str(request["id"]),
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
+    claim = claim_request(db, DRAFT, request["id"])
     old_plan = claim["lead"]["plan_request_id"]
     newer = insert_request(sql, PLAN, lead)
     replanned = process_request(
@@ -149,13 +149,13 @@ def test_a_draft_completed_after_a_newer_plan_leaves_the_newer_plans_reminders_a
     assert replanned.outcome == "completed"
     current = reminders(sql, lead)
 
-    done = db.call(
-        "planbus_complete_request",
-        p_kind="draft",
-        p_request_id=str(request["id"]),
-        p_attempt=claim["attempt"],
-        p_result={"draft": "for the old plan"},
-        p_completion={"plan_request_id": old_plan, "step_index": 0, "reminder_text": "the old plan's step"},
+    done = complete_request(
+        db,
+        DRAFT,
+        request["id"],
+        attempt=claim["attempt"],
+        result={"draft": "for the old plan"},
+        completion={"plan_request_id": old_plan, "step_index": 0, "reminder_text": "the old plan's step"},
     )
 
     assert done == {"completed": True, "reminders_updated": 0}
@@ -272,22 +272,11 @@ def test_a_malformed_draft_completion_is_refused_and_changes_nothing(
     db: PostgresDatabase, sql: Sql, lead: Row, completion: dict[str, Any], message: str
 ) -> None:
     request = insert_request(sql, DRAFT, lead, step_index=0)
-    claim = db.call(
-        "planbus_claim_request",
-        p_kind="draft",
-        p_request_id=str(request["id"]),
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
+    attempt = claimed_attempt(db, DRAFT, request["id"])
     before = request_row(sql, request["id"], DRAFT.table)
     with pytest.raises(DatabaseError, match=message) as refused:
-        db.call(
-            "planbus_complete_request",
-            p_kind="draft",
-            p_request_id=str(request["id"]),
-            p_attempt=claim["attempt"],
-            p_result={"draft": {}},
-            p_completion=completion,
+        complete_request(
+            db, DRAFT, request["id"], attempt=attempt, result={"draft": {}}, completion=completion
         )
     assert refused.value.sqlstate == "22023"
     assert request_row(sql, request["id"], DRAFT.table) == before

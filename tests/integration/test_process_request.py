@@ -28,7 +28,7 @@ from planbus.services.outcomes import RequestOutcome
 from planbus.services.requests import process_request
 from planbus.settings import Settings
 from support.clocks import OneReadingClock
-from support.request_kinds import ready_request
+from support.request_kinds import claimed_attempt, ready_request
 from support.request_rows import error_history, request_row
 
 Row = dict[str, Any]
@@ -144,13 +144,7 @@ def test_a_finished_request_is_skipped_and_left_as_it_was(
 
 def test_a_request_held_by_a_live_lease_is_skipped(db: PostgresDatabase, kind: AnyKind, pending: Row) -> None:
     request_id = str(pending["id"])
-    db.call(
-        "planbus_claim_request",
-        p_kind=kind.name,
-        p_request_id=request_id,
-        p_lease_seconds=120,
-        p_max_attempts=3,
-    )
+    claimed_attempt(db, kind, request_id, lease=120)
 
     outcome = process(kind, db, RecordingGenerator(kind), request_id)
 
