@@ -1,7 +1,7 @@
 """LLM fault mix: requests against an OpenAI-compatible server that fails in every way it can.
 
 N pending requests; each webhook is delivered once, 4 at a time, to the webhook target, whose generator
-talks to tests/bench/fake_openai.py answering with a mix of successes, 429s with retry-after, 503s,
+talks to tests/support/fake_llm.py answering with a mix of successes, 429s with retry-after, 503s,
 hangs past OPENAI_TIMEOUT, invalid JSON and refusals. The sweeper is called as the scheduler would
 (compressed: every few seconds instead of every minute) and carries the retries. At the end no request may
 be left `processing`, nor `pending` past its backoff; the full run waits until every request is finished
@@ -32,11 +32,11 @@ import httpx2
 import psycopg
 import targets
 from drivers import Sweeper, describe
-from fake_openai import FakeOpenAI
 from harness import Check, Column, Context, Result, Size, Table
 from load import drive
 from servers import running
 
+from support.fake_llm import FakeLLM
 from support.openai_fakes import Answer, api_error
 from support.openai_fakes import FakeOpenAI as FakeTransport
 
@@ -80,7 +80,7 @@ def wait_until(check: Any, timeout: float) -> bool:
 def slow_llm_concurrency(ctx: Context) -> tuple[Table, list[Check]]:
     """Requests one worker instance has in flight at once when each LLM call takes `llm_seconds`."""
     llm_seconds = ctx.size.pick(3.0, 1.0, 0.5)
-    fake = FakeOpenAI({"ok": 1}, latency=llm_seconds).start()
+    fake = FakeLLM({"ok": 1}, latency=llm_seconds).start()
     settings = {
         "plan_generator": "openai",
         "openai_api_key": "sk-bench",
@@ -165,7 +165,7 @@ def run(ctx: Context) -> Result:
     # A pending row is overdue once its retry time is further past than two sweeps, each of which may
     # spend up to a full LLM budget per request before it reaches the row.
     margin = 2 * sweep_every + MAX_ATTEMPTS * openai_timeout + 5
-    fake = FakeOpenAI(MIX, latency=0.02, hang=openai_timeout + 1.5, retry_after=0.5, seed=14).start()
+    fake = FakeLLM(MIX, latency=0.02, hang=openai_timeout + 1.5, retry_after=0.5, seed=14).start()
     settings = {
         "plan_generator": "openai",
         "openai_api_key": "sk-bench",
