@@ -22,6 +22,7 @@ follows. By benchmark:
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -398,6 +399,7 @@ def fail_for_good(
     from planbus.db.postgres import PostgresDatabase
     from planbus.kinds import PLAN
     from planbus.llm.openai_generator import OpenAIGenerator
+    from planbus.logs import LOGGER_NAME
     from planbus.services.requests import process_request
     from planbus.settings import Settings
 
@@ -411,6 +413,10 @@ def fail_for_good(
         sleep=sleep,
     )
     db = PostgresDatabase(database_url)
+    # Every failed attempt logs a warning, as a worker's should; here only the counts are wanted.
+    log = logging.getLogger(LOGGER_NAME)
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         for rounds in range(1, max_attempts + 2):
             for request_id in request_ids:
@@ -423,4 +429,5 @@ def fail_for_good(
                 return rounds
         return rounds
     finally:
+        log.setLevel(level)
         db.close()
