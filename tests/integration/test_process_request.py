@@ -256,12 +256,13 @@ def test_an_unexpected_error_in_generation_is_recorded_instead_of_waiting_out_th
 
 
 def test_a_misconfigured_time_zone_is_refused_before_the_request_is_claimed(
-    db: PostgresDatabase, sql: psycopg.Connection[Row], pending_plan: Row
+    db: PostgresDatabase, sql: psycopg.Connection[Row], kind: AnyKind, pending: Row
 ) -> None:
+    # Both kinds count their days in REMINDER_TIMEZONE: a plan's offsets, a draft's "today".
     broken = Settings(lease_seconds=120, openai_timeout=60, reminder_timezone="Mars/Olympus")
     with pytest.raises(ConfigurationError):
-        process(PLAN, db, RecordingGenerator(PLAN), pending_plan["id"], broken)
-    row = request_row(sql, pending_plan["id"])
+        process(kind, db, RecordingGenerator(kind), pending["id"], broken)
+    row = request_row(sql, pending["id"], kind.table)
     assert (row["status"], row["attempts"]) == ("pending", 0)
 
 
