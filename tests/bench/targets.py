@@ -5,7 +5,8 @@ dispatch path or the status report change, only this module (and data.py, for th
 follows. By benchmark:
 
     pickup        PICKUP_PATHS: how an insert reaches the worker (the local relay, inline; and the webhook
-                  enqueueing on the Cloud Tasks emulator, which calls the worker)
+                  enqueueing on the Cloud Tasks emulator, which calls the worker); cloud_tasks_path, for
+                  the webhook's own answer
     throughput    WORKER_TARGET, worker_body, outcome_of: how to ask the worker to process one request
     profile       claim_sql, complete_sql, sample_result: the claim and completion as SQL, and a result
     insert        as_mini_app: the statements PostgREST runs for a signed-in user
@@ -14,12 +15,14 @@ follows. By benchmark:
                   tests/support/first_requests.py defines)
     reminders     REMINDERS_TARGET, reminder_env
     drill, faults request_path (webhook and worker servers), WEBHOOK_CHANNEL, webhook_body,
-                  SWEEPER_TARGET, LEASE_EXPIRED, function_env
+                  SWEEPER_TARGET, LEASE_EXPIRED, function_env; fail_for_good: the worker's use case
+                  in process against an API that keeps failing
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -379,3 +382,52 @@ def reminder_env(telegram_base: str, budget_seconds: float) -> dict[str, object]
         "telegram_api_base": telegram_base,
         "function_budget_seconds": budget_seconds,
     }
+
+
+# --- llm faults: a request against an API that keeps failing -----------------------------------------
+
+
+def fail_for_good(
+    database_url: str, request_ids: list[str], http_client: Any, *, max_attempts: int, sleep: Any
+) -> int:
+    """Run each request through the worker's use case with the OpenAI plan generator on `http_client`,
+    round after round, every backoff skipped, until none is pending; returns the rounds it took. The
+    generator's in-call pauses go to `sleep`."""
+    from pydantic import SecretStr
+
+    from planbus.clock import SystemClock
+    from planbus.db.postgres import PostgresDatabase
+    from planbus.kinds import PLAN
+    from planbus.llm.openai_generator import OpenAIGenerator
+    from planbus.logs import LOGGER_NAME
+    from planbus.services.requests import process_request
+    from planbus.settings import Settings
+
+    settings = Settings(openai_api_key=SecretStr("sk-bench"), max_attempts=max_attempts)
+    generator = OpenAIGenerator(
+        api_key="sk-bench",
+        model="gpt-5-mini",
+        base_url="https://llm.bench.test/v1",
+        timeout=settings.openai_timeout,
+        http_client=http_client,
+        sleep=sleep,
+    )
+    db = PostgresDatabase(database_url)
+    # Every failed attempt logs a warning, as a worker's should; here only the counts are wanted.
+    log = logging.getLogger(LOGGER_NAME)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        for rounds in range(1, max_attempts + 2):
+            for request_id in request_ids:
+                process_request(PLAN, db, generator, SystemClock(), request_id, settings=settings)
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                pending = conn.execute(
+                    f"UPDATE {REQUESTS_TABLE} SET run_after = now() WHERE status = 'pending' RETURNING id"
+                ).fetchall()
+            if not pending:
+                return rounds
+        return rounds
+    finally:
+        log.setLevel(level)
+        db.close()

@@ -18,7 +18,7 @@ import pytest
 
 from planbus.devstack.miniapp import MiniApp, MiniAppUser
 from support.devstack_helpers import wait_until
-from support.fake_llm import SlowLLM
+from support.fake_llm import FakeLLM
 from support.local_stack import DevStack
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ def stack_database(database_url: str, sql: SQL) -> str:
     return database_url
 
 
-def start_dev(tmp_path: Path, database_url: str, llm: SlowLLM) -> DevStack:
+def start_dev(tmp_path: Path, database_url: str, llm: FakeLLM) -> DevStack:
     env = {
         **os.environ,
         **STACK_SETTINGS,
@@ -99,7 +99,7 @@ def answer_ms(dev: DevStack, request_id: uuid.UUID) -> int | None:
 def test_the_webhook_queues_and_the_worker_makes_the_plan(
     stack_database: str, sql: SQL, tmp_path: Path
 ) -> None:
-    with SlowLLM(LLM_SECONDS).running() as llm:
+    with FakeLLM(latency=LLM_SECONDS).running() as llm:
         dev = start_dev(tmp_path, stack_database, llm)
         try:
             state = dev.state()
@@ -112,7 +112,7 @@ def test_the_webhook_queues_and_the_worker_makes_the_plan(
                 request_id = new_request(sql, stack_database, name)
                 answers.append(wait_until(partial(answer_ms, dev, request_id), timeout=60))
                 rows.append(wait_until(partial(finished, sql, request_id), timeout=60))
-            calls = llm.calls
+            calls = llm.call_count
         finally:
             dev.interrupt()
     output = dev.output()
@@ -139,7 +139,7 @@ def test_a_worker_killed_mid_plan_is_recovered_after_its_lease(
             victims.append(pid)
             os.killpg(pid, signal.SIGKILL)
 
-    with SlowLLM(LLM_SECONDS, on_call=kill_the_worker).running() as llm:
+    with FakeLLM(latency=LLM_SECONDS, on_call=kill_the_worker).running() as llm:
         dev = start_dev(tmp_path, stack_database, llm)
         try:
             request_id = new_request(sql, stack_database)
@@ -148,7 +148,7 @@ def test_a_worker_killed_mid_plan_is_recovered_after_its_lease(
             assert (held["status"], held["attempts"]) == ("processing", 1)
             done = wait_until(lambda: finished(sql, request_id), timeout=80)
             restarts = dev.state()["functions"]["process_plan_request"]["restarts"]
-            calls = llm.calls
+            calls = llm.call_count
         finally:
             dev.interrupt()
     output = dev.output()

@@ -21,7 +21,9 @@ from planbus.devstack.scheduler import Job, Scheduler
 from planbus.devstack.sink import TelegramSink
 from planbus.devstack.supervisor import free_port
 from planbus.errors import DatabaseError
+from planbus.kinds import PLAN
 from support.devstack_helpers import RecordingEndpoint, memory_console, wait_until
+from support.request_kinds import complete_request
 
 Row = dict[str, Any]
 SQL = psycopg.Connection[dict[str, Any]]
@@ -147,21 +149,10 @@ def test_a_request_inserted_while_the_relay_was_disconnected_is_still_delivered(
 
 def outbox_delivery(db: PostgresDatabase, lead: Row, request: Row, text: str) -> str:
     """A reminder of `request` delivered to the outbox through the state machine; returns its id."""
-    claim = db.call(
-        "planbus_claim_request",
-        p_kind="plan",
-        p_request_id=request["id"],
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
     due = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    db.call(
-        "planbus_complete_request",
-        p_kind="plan",
-        p_request_id=request["id"],
-        p_attempt=claim["attempt"],
-        p_result={"plan": {}},
-        p_completion={"plan": {}, "reminders": [{"step_index": 0, "due_at": due, "text": text}]},
+    reminders = [{"step_index": 0, "due_at": due, "text": text}]
+    complete_request(
+        db, PLAN, request["id"], result={"plan": {}}, completion={"plan": {}, "reminders": reminders}
     )
     (claimed,) = db.call("planbus_claim_due_reminders", p_limit=1, p_lease_seconds=60)
     db.call(

@@ -7,9 +7,9 @@ transport and must see no call from a webhook."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import grpc
@@ -28,9 +28,10 @@ from planbus.services import recovery
 from planbus.settings import get_settings
 from support import mini_app
 from support.cloud_tasks import QUEUE, FakeCloudTasks
+from support.concurrency import run_together
 from support.drafts import VALID_DRAFT
 from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion
-from support.request_kinds import completion_for, ready_request
+from support.request_kinds import claimed_attempt, complete_request, ready_request
 from support.request_rows import expire_lease, request_row
 
 Row = dict[str, Any]
@@ -145,19 +146,11 @@ def test_the_webhook_enqueues_the_first_attempt_and_answers_without_calling_the_
 def test_three_concurrent_deliveries_make_one_task_and_one_generation(
     app_env: None, sql: Sql, kind: AnyKind, pending: Row, tasks: FakeCloudTasks, openai: FakeOpenAI
 ) -> None:
-    start = threading.Barrier(3)
-    answers: list[Any] = []
-
-    def deliver() -> None:
-        client = webhook(kind)
-        start.wait()
-        answers.append(client.post("/", json=insert_event(pending, kind), headers=HEADERS).get_json())
-
-    threads = [threading.Thread(target=deliver) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    clients = [webhook(kind) for _ in range(3)]
+    responses = run_together(
+        [partial(client.post, "/", json=insert_event(pending, kind), headers=HEADERS) for client in clients]
+    )
+    answers = [response.get_json() for response in responses]
 
     assert sorted(a["outcome"] for a in answers) == ["queued", "skipped", "skipped"]
     assert [a["reason"] for a in answers if a["outcome"] == "skipped"] == ["already queued"] * 2
@@ -245,22 +238,9 @@ def test_a_row_no_task_would_claim_is_skipped_and_nothing_is_enqueued(
     tasks: FakeCloudTasks,
     state: str,
 ) -> None:
-    claim = db.call(
-        "planbus_claim_request",
-        p_kind=kind.name,
-        p_request_id=str(pending["id"]),
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
+    attempt = claimed_attempt(db, kind, pending["id"])
     if state == "completed":
-        db.call(
-            "planbus_complete_request",
-            p_kind=kind.name,
-            p_request_id=str(pending["id"]),
-            p_attempt=claim["attempt"],
-            p_result={"done": True},
-            p_completion=completion_for(kind),
-        )
+        complete_request(db, kind, pending["id"], attempt=attempt)
 
     answer = webhook(kind).post("/", json=insert_event(pending, kind), headers=HEADERS).get_json()
 
@@ -421,13 +401,7 @@ def test_the_sweeper_enqueues_lost_reset_and_due_rows_of_every_kind_without_gene
         lost = ready_request(sql, db, kind, make_lead(telegram_id=100 + n))
         overdue(sql, lost, kind)
         stale = ready_request(sql, db, kind, make_lead(telegram_id=200 + n))
-        db.call(
-            "planbus_claim_request",
-            p_kind=kind.name,
-            p_request_id=str(stale["id"]),
-            p_lease_seconds=60,
-            p_max_attempts=3,
-        )
+        claimed_attempt(db, kind, stale["id"])
         expire_lease(sql, stale["id"], kind.table)
         expected += [f"{kind.name}-{lost['id']}-1", f"{kind.name}-{stale['id']}-2"]
 

@@ -6,9 +6,9 @@ at the end are the plan kind's. The cloud-tasks mode is in test_cloud_tasks_disp
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -23,6 +23,7 @@ from planbus.llm import drafts
 from planbus.models import PlanResult
 from planbus.settings import Settings
 from support import mini_app
+from support.concurrency import run_together
 from support.drafts import VALID_DRAFT
 from support.openai_fakes import VALID_PLAN, FakeOpenAI, api_error, completion, timeout
 from support.request_kinds import ready_request
@@ -170,21 +171,15 @@ def test_the_same_webhook_delivered_twenty_times_at_once_generates_once(
     # A slow model widens the window in which the other deliveries arrive.
     fake = fake_openai(completion(ANSWERS[kind.name]), delay=0.2)
     payload = insert_event(pending, kind.table)
-    start = threading.Barrier(20)
-    answers: list[dict[str, Any]] = []
+    clients = [make_client(kind) for _ in range(20)]
 
-    def deliver() -> None:
-        own_client = make_client(kind)
-        start.wait()
-        response = own_client.post("/", json=payload, headers=HEADERS)
+    def deliver(client: FlaskClient) -> dict[str, Any]:
+        response = client.post("/", json=payload, headers=HEADERS)
         assert response.status_code == 200
-        answers.append(response.get_json())
+        answer: dict[str, Any] = response.get_json()
+        return answer
 
-    threads = [threading.Thread(target=deliver) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    answers = run_together([partial(deliver, client) for client in clients])
 
     assert len(answers) == 20
     assert Counter(a["outcome"] for a in answers) == {"completed": 1, "skipped": 19}

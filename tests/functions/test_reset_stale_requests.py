@@ -22,7 +22,7 @@ from planbus.services.recovery import RecoveryCounts, reset_stale_requests
 from planbus.settings import Settings
 from support import mini_app
 from support.concurrency import run_together
-from support.request_kinds import ready_request
+from support.request_kinds import claimed_attempt, ready_request
 from support.request_rows import error_history, request_row
 
 SECRET = "scheduler-secret"
@@ -50,14 +50,7 @@ def claimed(
     sql: Sql, db: PostgresDatabase, kind: AnyKind, request: Row, *, attempts: int, lease_in: float
 ) -> Row:
     """A worker's claim (the real transition), then arranged: its attempt number and when its lease ends."""
-    claim = db.call(
-        "planbus_claim_request",
-        p_kind=kind.name,
-        p_request_id=request["id"],
-        p_lease_seconds=60,
-        p_max_attempts=9,
-    )
-    assert claim["claimed"]
+    claimed_attempt(db, kind, request["id"])
     row = sql.execute(
         q.SQL(
             "UPDATE {} SET attempts = %s, lease_expires_at = now() + make_interval(secs => %s)"

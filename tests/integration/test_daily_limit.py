@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from planbus.cli import main as planbus
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError, LimitExceeded, database_error
 from planbus.kinds import KINDS, PLAN, AnyKind
+from support.concurrency import connections, run_together
 from support.request_kinds import INSERT_DEFAULTS
 from support.rls import Caller, act_as, claims, run_as
 
@@ -244,26 +246,19 @@ def test_concurrent_inserts_at_the_limit_do_not_exceed_it(
     limit, racers = 5, 12
     set_limit(db, limit, kind)
     mine = leads(ADA, racers)
-    start = threading.Barrier(racers)
-    outcomes: list[str] = []
 
-    def insert(lead: dict[str, Any]) -> None:
-        with psycopg.connect(database_url, row_factory=dict_row) as conn:
-            try:
-                with conn.transaction():
-                    act_as(conn, mini_app(ADA))
-                    start.wait(timeout=20)
-                    conn.execute(new_request(kind), params(kind, ADA, lead))
-                    time.sleep(0.02)  # hold the transaction open so the others pile up behind it
-                outcomes.append("accepted")
-            except psycopg.Error as exc:
-                outcomes.append(exc.sqlstate or "?")
+    def insert(conn: psycopg.Connection[dict[str, Any]], lead: dict[str, Any]) -> str:
+        try:
+            with conn.transaction():
+                act_as(conn, mini_app(ADA))
+                conn.execute(new_request(kind), params(kind, ADA, lead))
+                time.sleep(0.02)  # hold the transaction open so the others pile up behind it
+        except psycopg.Error as exc:
+            return exc.sqlstate or "?"
+        return "accepted"
 
-    threads = [threading.Thread(target=insert, args=(lead,)) for lead in mine]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with connections(database_url, racers, row_factory=dict_row) as conns:
+        outcomes = run_together([partial(insert, conn, lead) for conn, lead in zip(conns, mine, strict=True)])
     assert sorted(outcomes) == ["PT429"] * (racers - limit) + ["accepted"] * limit
     assert count(sql, kind) == limit
 

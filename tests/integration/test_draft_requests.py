@@ -6,21 +6,33 @@ parametrized state-machine, process, RLS and webhook tests.)"""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from planbus.clock import SystemClock
 from planbus.db.postgres import PostgresDatabase
 from planbus.drafting import DraftResult
 from planbus.errors import DatabaseError
 from planbus.kinds import DRAFT, PLAN
+from planbus.llm.drafts import make_draft_generator
 from planbus.models import GeneratorName
 from planbus.services.outcomes import RequestOutcome
 from planbus.services.requests import process_request
 from planbus.settings import Settings
-from support.request_kinds import insert_request, ready_request
+from support.clocks import OneReadingClock
+from support.drafts import VALID_DRAFT
+from support.openai_fakes import FakeOpenAI, completion
+from support.request_kinds import (
+    claim_request,
+    claimed_attempt,
+    complete_request,
+    insert_request,
+    ready_request,
+)
 from support.request_rows import request_row
 
 Row = dict[str, Any]
@@ -37,9 +49,9 @@ class RecordingDrafts:
         self.inner = DRAFT.generator(SETTINGS)
         self.inputs: list[Any] = []
 
-    def generate(self, draft_input: Any) -> Any:
+    def generate(self, draft_input: Any, **options: Any) -> Any:
         self.inputs.append(draft_input)
-        return self.inner.generate(draft_input)
+        return self.inner.generate(draft_input, **options)
 
 
 def draft(db: PostgresDatabase, request: Row, generator: Any | None = None) -> RequestOutcome:
@@ -88,6 +100,29 @@ def test_a_draft_for_a_step_of_the_current_plan_is_stored_and_put_into_that_step
     assert step["text"].endswith(result.draft.text)
 
 
+def test_the_prompts_day_and_the_results_time_come_from_one_clock_reading_in_the_salespersons_zone(
+    db: PostgresDatabase, sql: Sql, lead: Row
+) -> None:
+    # 23:30 UTC on the 28th is already the 29th in Auckland.
+    now = datetime(2026, 11, 28, 23, 30, tzinfo=UTC)
+    settings = Settings(
+        openai_api_key=SecretStr("sk-test-key"), plan_generator="openai", reminder_timezone="Pacific/Auckland"
+    )
+    fake = FakeOpenAI(completion(VALID_DRAFT))
+    generator = make_draft_generator(settings, http_client=fake.client())
+    request = ready_request(sql, db, DRAFT, lead, step_index=0)
+    clock = OneReadingClock(now)
+
+    outcome = process_request(DRAFT, db, generator, clock, str(request["id"]), settings=settings)
+
+    assert outcome.outcome == "completed"
+    assert clock.readings == 1
+    [body] = fake.bodies()
+    assert "Today is 2026-11-29." in body["messages"][1]["content"][0]["text"]
+    result = DraftResult.model_validate(request_row(sql, request["id"], DRAFT.table)["result"])
+    assert (result.generator, result.generated_at) == ("openai", now)
+
+
 def test_a_sent_reminder_keeps_the_text_it_was_sent_with(db: PostgresDatabase, sql: Sql, lead: Row) -> None:
     request = ready_request(sql, db, DRAFT, lead, step_index=0)
     sql.execute(
@@ -105,13 +140,7 @@ def test_a_draft_completed_after_a_newer_plan_leaves_the_newer_plans_reminders_a
     db: PostgresDatabase, sql: Sql, lead: Row
 ) -> None:
     request = ready_request(sql, db, DRAFT, lead, step_index=0)
-    claim = db.call(
-        "planbus_claim_request",
-        p_kind="draft",
-        p_request_id=str(request["id"]),
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
+    claim = claim_request(db, DRAFT, request["id"])
     old_plan = claim["lead"]["plan_request_id"]
     newer = insert_request(sql, PLAN, lead)
     replanned = process_request(
@@ -120,13 +149,13 @@ def test_a_draft_completed_after_a_newer_plan_leaves_the_newer_plans_reminders_a
     assert replanned.outcome == "completed"
     current = reminders(sql, lead)
 
-    done = db.call(
-        "planbus_complete_request",
-        p_kind="draft",
-        p_request_id=str(request["id"]),
-        p_attempt=claim["attempt"],
-        p_result={"draft": "for the old plan"},
-        p_completion={"plan_request_id": old_plan, "step_index": 0, "reminder_text": "the old plan's step"},
+    done = complete_request(
+        db,
+        DRAFT,
+        request["id"],
+        attempt=claim["attempt"],
+        result={"draft": "for the old plan"},
+        completion={"plan_request_id": old_plan, "step_index": 0, "reminder_text": "the old plan's step"},
     )
 
     assert done == {"completed": True, "reminders_updated": 0}
@@ -243,22 +272,11 @@ def test_a_malformed_draft_completion_is_refused_and_changes_nothing(
     db: PostgresDatabase, sql: Sql, lead: Row, completion: dict[str, Any], message: str
 ) -> None:
     request = insert_request(sql, DRAFT, lead, step_index=0)
-    claim = db.call(
-        "planbus_claim_request",
-        p_kind="draft",
-        p_request_id=str(request["id"]),
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
+    attempt = claimed_attempt(db, DRAFT, request["id"])
     before = request_row(sql, request["id"], DRAFT.table)
     with pytest.raises(DatabaseError, match=message) as refused:
-        db.call(
-            "planbus_complete_request",
-            p_kind="draft",
-            p_request_id=str(request["id"]),
-            p_attempt=claim["attempt"],
-            p_result={"draft": {}},
-            p_completion=completion,
+        complete_request(
+            db, DRAFT, request["id"], attempt=attempt, result={"draft": {}}, completion=completion
         )
     assert refused.value.sqlstate == "22023"
     assert request_row(sql, request["id"], DRAFT.table) == before

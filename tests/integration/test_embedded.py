@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -13,9 +15,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from planbus.embedded import SERVER_USER, EmbeddedPostgres, _install_dir, private_copy
+from planbus.embedded import SERVER_USER, EmbeddedPostgres, _install_dir
+from planbus.embedded_copies import PRUNE_GRACE_SECONDS, private_copy, prune_copies
 from planbus.errors import ConfigurationError
 from support.concurrency import run_together
+from support.devstack_helpers import wait_until
 
 
 def processes_using(path: Path) -> list[int]:
@@ -222,6 +226,46 @@ def test_a_private_copy_is_made_once_per_build_and_shared_by_every_installation_
         "somepg.libs/libpq-1.so.5",
     }
     assert (first / "bin" / "initdb").read_bytes() == b"#!/bin/sh\n"
+
+
+def handed_out_long_ago(copy: Path) -> None:
+    """Age a copy's last hand-out beyond the grace a starting server gets."""
+    then = time.time() - PRUNE_GRACE_SECONDS - 60
+    os.utime(copy, (then, then))
+
+
+def test_a_new_build_removes_the_copies_of_older_builds_that_no_process_runs_from(project_dir: Path) -> None:
+    cache = project_dir / "cache"
+    old = private_copy(made_installation(project_dir / "old", initdb=b"#!/bin/sh\necho old\n"), cache)
+    older = private_copy(made_installation(project_dir / "older", initdb=b"#!/bin/sh\necho older\n"), cache)
+    for install in (old, older):
+        handed_out_long_ago(install.parent.parent)
+    new = private_copy(made_installation(project_dir / "new"), cache)
+
+    assert [p.name for p in cache.iterdir()] == [new.parent.parent.name]
+    assert (new / "bin" / "initdb").read_bytes() == b"#!/bin/sh\n"
+
+
+def test_a_copy_a_process_runs_from_or_just_handed_out_is_kept(project_dir: Path) -> None:
+    cache = project_dir / "cache"
+    running = made_installation(project_dir / "running", initdb=Path("/bin/sleep").read_bytes())
+    in_use = private_copy(running, cache)
+    recent = private_copy(made_installation(project_dir / "recent", initdb=b"#!/bin/sh\necho 2\n"), cache)
+    idle = private_copy(made_installation(project_dir / "idle", initdb=b"#!/bin/sh\necho 3\n"), cache)
+    handed_out_long_ago(in_use.parent.parent)
+    handed_out_long_ago(idle.parent.parent)
+    with subprocess.Popen([in_use / "bin" / "initdb", "30"]) as server:
+        try:
+            wait_until(lambda: Path(os.readlink(f"/proc/{server.pid}/exe")).is_relative_to(in_use))
+            removed = prune_copies(cache, keep=recent.parent.parent)
+        finally:
+            server.kill()
+
+    assert removed == [idle.parent.parent]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [in_use.parent.parent.name, recent.parent.parent.name]
+    )
+    assert (in_use / "bin" / "initdb").read_bytes() == Path("/bin/sleep").read_bytes()
 
 
 def test_a_private_copy_is_readable_by_every_user_whatever_the_modes_of_its_source(project_dir: Path) -> None:

@@ -22,7 +22,7 @@ from planbus.errors import DatabaseError
 from planbus.kinds import KINDS, AnyKind
 from support.cloud_tasks import QUEUE, FakeCloudTasks
 from support.concurrency import run_together
-from support.request_kinds import completion_for, insert_request
+from support.request_kinds import claim_request, claimed_attempt, complete_request, insert_request
 from support.request_rows import request_row
 
 Row = dict[str, Any]
@@ -39,21 +39,10 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[None
     bootstrap.reset()
 
 
-def claim(db: PostgresDatabase, kind: AnyKind, request_id: Any) -> dict[str, Any]:
-    answer: dict[str, Any] = db.call(
-        "planbus_claim_request",
-        p_kind=kind.name,
-        p_request_id=request_id,
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
-    return answer
-
-
 def failed(db: PostgresDatabase, sql: Sql, kind: AnyKind, lead: Row, error: str = "the model refused") -> Row:
     """A request of `kind` that failed for good on its first attempt."""
     request = insert_request(sql, kind, lead)
-    attempt = claim(db, kind, request["id"])["attempt"]
+    attempt = claimed_attempt(db, kind, request["id"])
     answer = db.call(
         "planbus_fail_request",
         p_kind=kind.name,
@@ -70,17 +59,9 @@ def failed(db: PostgresDatabase, sql: Sql, kind: AnyKind, lead: Row, error: str 
 def in_state(db: PostgresDatabase, sql: Sql, kind: AnyKind, lead: Row, status: str) -> Row:
     request = insert_request(sql, kind, lead)
     if status in ("processing", "completed"):
-        attempt = claim(db, kind, request["id"])["attempt"]
+        attempt = claimed_attempt(db, kind, request["id"])
     if status == "completed":
-        completion = completion_for(kind)
-        answer = db.call(
-            "planbus_complete_request",
-            p_kind=kind.name,
-            p_request_id=request["id"],
-            p_attempt=attempt,
-            p_result={"ok": True},
-            p_completion=completion,
-        )
+        answer = complete_request(db, kind, request["id"], attempt=attempt)
         assert answer["completed"], answer
     return request_row(sql, request["id"], kind.table)
 
@@ -199,7 +180,7 @@ def test_retry_puts_a_failed_request_back_to_pending_with_a_fresh_budget(
         "retried by hand after 1 attempt(s) (prompt fixed); it had failed with: the model refused",
     ]
     # The fresh budget: a claim starts attempt 1 again.
-    assert claim(db, kind, request["id"])["attempt"] == 1
+    assert claimed_attempt(db, kind, request["id"]) == 1
 
 
 @pytest.mark.parametrize("status", ["pending", "processing", "completed"])
@@ -253,7 +234,7 @@ def test_retry_racing_claimers_never_claims_twice(
             answers = run_together(
                 [
                     partial(retry.call, "planbus_retry_request", p_request_id=request["id"]),
-                    *[partial(claim, d, kind, request["id"]) for d in claimers],
+                    *[partial(claim_request, d, kind, request["id"]) for d in claimers],
                 ]
             )
         finally:

@@ -27,7 +27,8 @@ from planbus.models import GeneratorName, LeadFacts, Plan, PlanResult
 from planbus.services.outcomes import RequestOutcome
 from planbus.services.requests import process_request
 from planbus.settings import Settings
-from support.request_kinds import ready_request
+from support.clocks import OneReadingClock
+from support.request_kinds import claimed_attempt, ready_request
 from support.request_rows import error_history, request_row
 
 Row = dict[str, Any]
@@ -143,13 +144,7 @@ def test_a_finished_request_is_skipped_and_left_as_it_was(
 
 def test_a_request_held_by_a_live_lease_is_skipped(db: PostgresDatabase, kind: AnyKind, pending: Row) -> None:
     request_id = str(pending["id"])
-    db.call(
-        "planbus_claim_request",
-        p_kind=kind.name,
-        p_request_id=request_id,
-        p_lease_seconds=120,
-        p_max_attempts=3,
-    )
+    claimed_attempt(db, kind, request_id, lease=120)
 
     outcome = process(kind, db, RecordingGenerator(kind), request_id)
 
@@ -261,12 +256,13 @@ def test_an_unexpected_error_in_generation_is_recorded_instead_of_waiting_out_th
 
 
 def test_a_misconfigured_time_zone_is_refused_before_the_request_is_claimed(
-    db: PostgresDatabase, sql: psycopg.Connection[Row], pending_plan: Row
+    db: PostgresDatabase, sql: psycopg.Connection[Row], kind: AnyKind, pending: Row
 ) -> None:
+    # Both kinds count their days in REMINDER_TIMEZONE: a plan's offsets, a draft's "today".
     broken = Settings(lease_seconds=120, openai_timeout=60, reminder_timezone="Mars/Olympus")
     with pytest.raises(ConfigurationError):
-        process(PLAN, db, RecordingGenerator(PLAN), pending_plan["id"], broken)
-    row = request_row(sql, pending_plan["id"])
+        process(kind, db, RecordingGenerator(kind), pending["id"], broken)
+    row = request_row(sql, pending["id"], kind.table)
     assert (row["status"], row["attempts"]) == ("pending", 0)
 
 
@@ -405,18 +401,6 @@ def test_a_plan_is_stored_on_the_lead_with_its_reminders_all_from_one_clock_read
     assert reminders[0]["due_at"] == now
     assert reminders[1]["due_at"] == datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
     assert result.plan.steps[-1].message_draft in reminders[-1]["text"]
-
-
-class OneReadingClock(FixedClock):
-    """A fixed clock that counts how often it is read."""
-
-    def __init__(self, at: datetime) -> None:
-        super().__init__(at)
-        self.readings = 0
-
-    def now(self) -> datetime:
-        self.readings += 1
-        return super().now()
 
 
 def test_a_newer_plan_builds_on_the_previous_one_and_replaces_its_reminders(

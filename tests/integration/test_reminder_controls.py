@@ -22,8 +22,10 @@ from psycopg.types.json import Jsonb
 from planbus.cli import main as planbus
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError
+from planbus.kinds import PLAN
 from support.concurrency import run_together
 from support.reminder_rows import Row, Sql, add_plan, claim, reminder
+from support.request_kinds import complete_request
 from support.rls import Caller, Outcome, act_as, claims, run_as, snapshot
 
 ADA, BOB = 1001, 1002
@@ -159,25 +161,11 @@ def test_a_new_plan_for_a_closed_lead_schedules_its_own_reminders(
     lead = closing["lead"]
     set_status(sql, lead, "won")
     request = make_request(lead)
-    attempt = db.call(
-        "planbus_claim_request",
-        p_kind="plan",
-        p_request_id=str(request["id"]),
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )["attempt"]
     due = sql.execute("SELECT now() + interval '1 day' AS at").fetchone()
     assert due is not None
-    db.call(
-        "planbus_complete_request",
-        p_kind="plan",
-        p_request_id=str(request["id"]),
-        p_attempt=attempt,
-        p_result={"plan": {}},
-        p_completion={
-            "plan": {},
-            "reminders": [{"step_index": 0, "due_at": due["at"].isoformat(), "text": "Upsell"}],
-        },
+    reminders = [{"step_index": 0, "due_at": due["at"].isoformat(), "text": "Upsell"}]
+    complete_request(
+        db, PLAN, request["id"], result={"plan": {}}, completion={"plan": {}, "reminders": reminders}
     )
     rows = reminders_of(sql, lead)
     assert [(r["text"], r["status"]) for r in rows if r["plan_request_id"] == request["id"]] == [

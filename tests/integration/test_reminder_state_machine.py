@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
 
 import psycopg
 
 from planbus.db.postgres import PostgresDatabase
+from support.concurrency import connections, run_together
 from support.reminder_rows import MakePlan, Sql, claim, expire, reminder
 
 
@@ -61,25 +63,20 @@ def test_concurrent_claimers_never_share_a_reminder(database_url: str, make_plan
     # One reminder per chat, so every one of them is claimable at once.
     everything = {make_plan(1, telegram_id=100 + n)[0] for n in range(60)}
     claimers = 4
-    barrier = threading.Barrier(claimers)
-    taken: list[list[str]] = [[] for _ in range(claimers)]
 
-    def take(slot: int) -> None:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            barrier.wait()
-            while True:
-                batch = conn.execute(
-                    "SELECT planbus_claim_due_reminders(p_limit => 7, p_lease_seconds => 60)"
-                ).fetchone()[0]  # type: ignore[index]
-                if not batch:
-                    return
-                taken[slot].extend(r["id"] for r in batch)
+    def take(conn: psycopg.Connection[Any]) -> list[str]:
+        taken: list[str] = []
+        while True:
+            row = conn.execute(
+                "SELECT planbus_claim_due_reminders(p_limit => 7, p_lease_seconds => 60)"
+            ).fetchone()
+            assert row is not None
+            if not row[0]:
+                return taken
+            taken.extend(r["id"] for r in row[0])
 
-    threads = [threading.Thread(target=take, args=(n,)) for n in range(claimers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with connections(database_url, claimers, autocommit=True) as conns:
+        taken = run_together([partial(take, conn) for conn in conns])
     all_taken = [rid for batch in taken for rid in batch]
     assert len(all_taken) == len(set(all_taken)) == len(everything)
     assert set(all_taken) == everything

@@ -14,34 +14,25 @@ from psycopg.types.json import Jsonb
 
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError, UniqueViolation
-from planbus.kinds import AnyKind
-from support.request_kinds import completion_for, insert_request
+from planbus.kinds import PLAN, AnyKind
+from support.request_kinds import claimed_attempt, complete_request, insert_request
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[dict[str, Any]]
 MakeLead = Callable[..., Row]
 MakeRequest = Callable[..., Row]
-PLAN = {"summary": "call on Monday", "steps": [{"day": 1}, {"day": 3}]}
-RESULT = {"plan": PLAN, "generator": "offline", "model": None}
+PLAN_JSON = {"summary": "call on Monday", "steps": [{"day": 1}, {"day": 3}]}
+RESULT = {"plan": PLAN_JSON, "generator": "offline", "model": None}
 
 
-def claim(db: PostgresDatabase, request_id: Any, kind: str = "plan") -> int:
-    answer = db.call(
-        "planbus_claim_request",
-        p_kind=kind,
-        p_request_id=str(request_id),
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
-    assert answer["claimed"] is True
-    return int(answer["attempt"])
+def claim(db: PostgresDatabase, request_id: Any, kind: AnyKind = PLAN) -> int:
+    return claimed_attempt(db, kind, request_id)
 
 
 def complete(db: PostgresDatabase, request_id: Any, attempt: int, reminders: Any, **overrides: Any) -> Any:
-    params = {"p_result": RESULT, "p_completion": {"plan": PLAN, "reminders": reminders}, **overrides}
-    return db.call(
-        "planbus_complete_request", p_kind="plan", p_request_id=str(request_id), p_attempt=attempt, **params
-    )
+    """The plan completion of `attempt` with these reminders; `overrides` replace its result or completion."""
+    params = {"result": RESULT, "completion": {"plan": PLAN_JSON, "reminders": reminders}, **overrides}
+    return complete_request(db, PLAN, request_id, attempt=attempt, **params)
 
 
 def schedule(*steps: int, days: int = 1) -> list[dict[str, Any]]:
@@ -53,7 +44,7 @@ def schedule(*steps: int, days: int = 1) -> list[dict[str, Any]]:
 
 def reminders(value: Any) -> dict[str, Any]:
     """A plan completion whose reminders are `value`."""
-    return {"p_completion": {"plan": PLAN, "reminders": value}}
+    return {"completion": {"plan": PLAN_JSON, "reminders": value}}
 
 
 def reminders_of(sql: Conn, lead: Row) -> list[Row]:
@@ -92,7 +83,7 @@ def test_completion_writes_the_result_the_lead_and_the_reminders(
     assert updated is not None
     assert (updated["status"], updated["plan"], updated["plan_request_id"]) == (
         "plan_ready",
-        PLAN,
+        PLAN_JSON,
         request["id"],
     )
     assert updated["plan_generated_at"] == stored["updated_at"]
@@ -162,11 +153,11 @@ def test_completion_is_all_or_nothing_when_a_write_fails_midway(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"p_result": None}, "p_result must be a JSON object"),
-        ({"p_result": ["not", "an", "object"]}, "p_result must be a JSON object"),
-        ({"p_completion": ["plan"]}, "p_completion must be a JSON object"),
-        ({"p_completion": {"reminders": []}}, "p_completion.plan is required"),
-        ({"p_completion": {"plan": None, "reminders": []}}, "p_completion.plan is required"),
+        ({"result": None}, "p_result must be a JSON object"),
+        ({"result": ["not", "an", "object"]}, "p_result must be a JSON object"),
+        ({"completion": ["plan"]}, "p_completion must be a JSON object"),
+        ({"completion": {"reminders": []}}, "p_completion.plan is required"),
+        ({"completion": {"plan": None, "reminders": []}}, "p_completion.plan is required"),
         (reminders({"step_index": 0}), "p_completion.reminders must be a JSON array"),
         (reminders([{"step_index": 0, "text": "hi"}]), "reminder 0 needs a due_at timestamp"),
         (
@@ -228,7 +219,7 @@ def test_a_second_active_request_for_a_lead_is_a_unique_violation(
     first = make_kind_request(lead)
     with pytest.raises(psycopg.errors.UniqueViolation):
         make_kind_request(lead)
-    claim(db, first["id"], kind.name)
+    claim(db, first["id"], kind)
     with pytest.raises(psycopg.errors.UniqueViolation):
         make_kind_request(lead)
     assert count(sql, kind.table) == 1
@@ -239,21 +230,14 @@ def test_a_lead_may_ask_again_once_its_request_has_finished(
 ) -> None:
     lead = make_lead()
     first = make_kind_request(lead)
-    done = db.call(
-        "planbus_complete_request",
-        p_kind=kind.name,
-        p_request_id=str(first["id"]),
-        p_attempt=claim(db, first["id"], kind.name),
-        p_result=RESULT,
-        p_completion=completion_for(kind),
-    )
+    done = complete_request(db, kind, first["id"], result=RESULT)
     assert done["completed"] is True
     second = make_kind_request(lead)
     db.call(
         "planbus_fail_request",
         p_kind=kind.name,
         p_request_id=str(second["id"]),
-        p_attempt=claim(db, second["id"], kind.name),
+        p_attempt=claim(db, second["id"], kind),
         p_error="refused",
         p_retryable=False,
         p_max_attempts=3,

@@ -13,26 +13,14 @@ from psycopg import sql as q
 
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError
-from planbus.kinds import KINDS, AnyKind
-from support.request_kinds import completion_for, insert_request
+from planbus.kinds import KINDS, PLAN, AnyKind
+from support.request_kinds import claimed_attempt, complete_request, insert_request
 from support.request_rows import error_history, expire_lease, request_row
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[dict[str, Any]]
 MakeLead = Callable[..., Row]
 MakeRequest = Callable[..., Row]
-
-
-def claim(db: PostgresDatabase, request_id: Any, kind: str = "plan") -> int:
-    answer = db.call(
-        "planbus_claim_request",
-        p_kind=kind,
-        p_request_id=str(request_id),
-        p_lease_seconds=60,
-        p_max_attempts=3,
-    )
-    assert answer["claimed"] is True
-    return int(answer["attempt"])
 
 
 def status_of(sql: Conn, request_id: Any, table: str = "plan_requests") -> tuple[str, int, str | None]:
@@ -67,8 +55,8 @@ def test_expired_leases_go_back_to_pending_and_live_ones_are_untouched(
     db: PostgresDatabase, sql: Conn, kind: AnyKind, make_lead: MakeLead, make_kind_request: MakeRequest
 ) -> None:
     stale, live = make_kind_request(make_lead()), make_kind_request(make_lead(telegram_id=2))
-    claim(db, stale["id"], kind.name)
-    claim(db, live["id"], kind.name)
+    claimed_attempt(db, kind, stale["id"])
+    claimed_attempt(db, kind, live["id"])
     expire_lease(sql, stale["id"], kind.table)
 
     assert reset(db, kind) == {"reset": 1, "failed": 0}
@@ -78,7 +66,7 @@ def test_expired_leases_go_back_to_pending_and_live_ones_are_untouched(
     # Reset rows are claimable at once, and the sweeper finds them, with the attempt a claim would start.
     lost = db.call("planbus_find_lost_requests", p_kind=kind.name, p_grace_seconds=3600, p_limit=10)
     assert [(item["id"], item["attempt"]) for item in lost] == [(str(stale["id"]), 2)]
-    assert claim(db, stale["id"], kind.name) == 2
+    assert claimed_attempt(db, kind, stale["id"]) == 2
 
 
 def test_resetting_one_kind_leaves_the_other_kinds_alone(
@@ -87,7 +75,7 @@ def test_resetting_one_kind_leaves_the_other_kinds_alone(
     stale = {}
     for n, each in enumerate(KINDS):
         stale[each.name] = insert_request(sql, each, make_lead(telegram_id=10 + n))
-        claim(db, stale[each.name]["id"], each.name)
+        claimed_attempt(db, each, stale[each.name]["id"])
         expire_lease(sql, stale[each.name]["id"], each.table)
     for each in KINDS:
         assert reset(db, each) == {"reset": 1, "failed": 0}
@@ -100,7 +88,7 @@ def test_an_expired_lease_on_the_last_attempt_fails_the_request_for_good(
 ) -> None:
     request = make_kind_request(make_lead())
     for round_ in range(3):
-        claim(db, request["id"], kind.name)
+        claimed_attempt(db, kind, request["id"])
         expire_lease(sql, request["id"], kind.table)
         if round_ < 2:
             reset(db, kind)
@@ -122,7 +110,7 @@ def test_reset_skips_a_row_another_transaction_is_holding(
     make_kind_request: MakeRequest,
 ) -> None:
     request = make_kind_request(make_lead())
-    claim(db, request["id"], kind.name)
+    claimed_attempt(db, kind, request["id"])
     expire_lease(sql, request["id"], kind.table)
     with psycopg.connect(database_url) as holder:
         holder.execute(
@@ -142,7 +130,7 @@ def test_lost_requests_are_overdue_first_attempts_and_due_retries_oldest_first(
     make_kind_request(leads[2])  # just inserted: its webhook is on its way
     retry_due, retry_waiting = make_kind_request(leads[3]), make_kind_request(leads[4])
     for retry in (retry_due, retry_waiting):
-        assert claim(db, retry["id"], kind.name) == 1
+        assert claimed_attempt(db, kind, retry["id"]) == 1
         db.call(
             "planbus_fail_request",
             p_kind=kind.name,
@@ -157,7 +145,7 @@ def test_lost_requests_are_overdue_first_attempts_and_due_retries_oldest_first(
         [ago(minutes=5), retry_due["id"]],
     )
     held = make_kind_request(leads[5], run_after=ago(minutes=30))
-    claim(db, held["id"], kind.name)
+    claimed_attempt(db, kind, held["id"])
 
     lost = lost_ids(db, kind, grace=60)
     assert lost == [str(overdue_old["id"]), str(retry_due["id"]), str(overdue["id"])]
@@ -174,7 +162,7 @@ def test_finished_requests_of_every_kind_are_pruned_with_their_error_history(
             "planbus_fail_request",
             p_kind=kind.name,
             p_request_id=str(request["id"]),
-            p_attempt=claim(db, request["id"], kind.name),
+            p_attempt=claimed_attempt(db, kind, request["id"]),
             p_error="refused",
             p_retryable=False,
             p_max_attempts=3,
@@ -196,13 +184,8 @@ def test_pruning_removes_only_what_is_past_retention(
         request = make_request(lead)
         due = (datetime.now(UTC) + timedelta(days=1)).isoformat()
         reminders = [{"step_index": s, "due_at": due, "text": f"step {s}"} for s in range(steps)]
-        db.call(
-            "planbus_complete_request",
-            p_kind="plan",
-            p_request_id=str(request["id"]),
-            p_attempt=claim(db, request["id"]),
-            p_result={"plan": {}},
-            p_completion={"plan": {}, "reminders": reminders},
+        complete_request(
+            db, PLAN, request["id"], result={"plan": {}}, completion={"plan": {}, "reminders": reminders}
         )
         return request
 
@@ -332,7 +315,7 @@ def test_a_failure_without_a_reason_is_refused_and_the_claim_kept(
     error: str | None,
 ) -> None:
     request = make_kind_request(make_lead())
-    attempt = claim(db, request["id"], kind.name)
+    attempt = claimed_attempt(db, kind, request["id"])
     with pytest.raises(DatabaseError, match="p_error must be a non-empty reason"):
         db.call(
             "planbus_fail_request",
@@ -345,12 +328,5 @@ def test_a_failure_without_a_reason_is_refused_and_the_claim_kept(
         )
     assert status_of(sql, request["id"], kind.table) == ("processing", 1, None)
     # The claim is intact: the worker can still complete it.
-    done = db.call(
-        "planbus_complete_request",
-        p_kind=kind.name,
-        p_request_id=str(request["id"]),
-        p_attempt=attempt,
-        p_result={"ok": True},
-        p_completion=completion_for(kind),
-    )
+    done = complete_request(db, kind, request["id"], attempt=attempt)
     assert done["completed"] is True

@@ -7,9 +7,9 @@ is what the passing of time would do, and then the functions under test make eve
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -18,7 +18,8 @@ import pytest
 from planbus.db.postgres import PostgresDatabase
 from planbus.errors import DatabaseError
 from planbus.kinds import KINDS, AnyKind
-from support.request_kinds import completion_for
+from support.concurrency import connections, run_together
+from support.request_kinds import claim_request, complete_request
 from support.request_rows import error_history, make_due, request_row
 from support.request_rows import expire_lease as expire
 from support.rls import snapshot
@@ -30,13 +31,7 @@ MAX_ATTEMPTS = 3
 
 
 def claim(db: PostgresDatabase, kind: AnyKind, request_id: Any, *, max_attempts: int = MAX_ATTEMPTS) -> Any:
-    return db.call(
-        "planbus_claim_request",
-        p_kind=kind.name,
-        p_request_id=str(request_id),
-        p_lease_seconds=LEASE,
-        p_max_attempts=max_attempts,
-    )
+    return claim_request(db, kind, request_id, lease=LEASE, max_attempts=max_attempts)
 
 
 def fail(
@@ -63,13 +58,8 @@ def fail(
 
 
 def complete(db: PostgresDatabase, kind: AnyKind, request_id: Any, attempt: int) -> Any:
-    return db.call(
-        "planbus_complete_request",
-        p_kind=kind.name,
-        p_request_id=str(request_id),
-        p_attempt=attempt,
-        p_result={"summary": "call on Monday", "generator": "offline"},
-        p_completion=completion_for(kind),
+    return complete_request(
+        db, kind, request_id, attempt=attempt, result={"summary": "call on Monday", "generator": "offline"}
     )
 
 
@@ -158,25 +148,18 @@ def test_two_connections_claiming_the_same_row_exactly_one_wins(
 ) -> None:
     request = make_kind_request(make_lead())
     contenders = 8
-    barrier = threading.Barrier(contenders)
-    answers: list[Any] = []
 
-    def contend() -> None:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            barrier.wait()
-            answers.append(
-                conn.execute(
-                    "SELECT planbus_claim_request("
-                    "p_kind => %s, p_request_id => %s, p_lease_seconds => 60, p_max_attempts => 3)",
-                    [kind.name, request["id"]],
-                ).fetchone()[0]  # type: ignore[index]
-            )
+    def contend(conn: psycopg.Connection[Any]) -> Any:
+        row = conn.execute(
+            "SELECT planbus_claim_request("
+            "p_kind => %s, p_request_id => %s, p_lease_seconds => 60, p_max_attempts => 3)",
+            [kind.name, request["id"]],
+        ).fetchone()
+        assert row is not None
+        return row[0]
 
-    threads = [threading.Thread(target=contend) for _ in range(contenders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with connections(database_url, contenders, autocommit=True) as conns:
+        answers = run_together([partial(contend, conn) for conn in conns])
     winners = [a for a in answers if a["claimed"]]
     assert len(answers) == contenders
     assert len(winners) == 1

@@ -16,6 +16,9 @@ import respx
 from planbus.cli import main
 from planbus.commands.status import age, limit_text, render
 from planbus.db.postgres import PostgresDatabase
+from planbus.kinds import PLAN
+from support.request_kinds import claimed_attempt, complete_request
+from support.request_rows import expire_lease
 
 Row = dict[str, Any]
 SQL = psycopg.Connection[dict[str, Any]]
@@ -23,28 +26,12 @@ RESULT = {"plan": {"summary": "s", "steps": []}}
 
 
 def claim(db: PostgresDatabase, request: Row, lease: int = 300) -> int:
-    answer = db.call(
-        "planbus_claim_request",
-        p_kind="plan",
-        p_request_id=request["id"],
-        p_lease_seconds=lease,
-        p_max_attempts=3,
-    )
-    assert answer["claimed"], answer
-    attempt: int = answer["attempt"]
-    return attempt
+    return claimed_attempt(db, PLAN, request["id"], lease=lease)
 
 
 def complete(db: PostgresDatabase, request: Row, reminders: list[dict[str, Any]] | None = None) -> None:
-    attempt = claim(db, request)
-    answer = db.call(
-        "planbus_complete_request",
-        p_kind="plan",
-        p_request_id=request["id"],
-        p_attempt=attempt,
-        p_result=RESULT,
-        p_completion={"plan": RESULT["plan"], "reminders": reminders or []},
-    )
+    completion = {"plan": RESULT["plan"], "reminders": reminders or []}
+    answer = complete_request(db, PLAN, request["id"], result=RESULT, completion=completion)
     assert answer["completed"], answer
 
 
@@ -60,13 +47,6 @@ def fail(db: PostgresDatabase, request: Row, error: str, *, retryable: bool = Fa
         p_max_attempts=3,
     )
     assert answer["recorded"], answer
-
-
-def expire_lease(sql: SQL, table: str, row_id: object) -> None:
-    """Time passes for one claim: its lease ran out a second ago (the worker holding it is gone)."""
-    sql.execute(
-        f"UPDATE public.{table} SET lease_expires_at = now() - interval '1 second' WHERE id = %s", (row_id,)
-    )
 
 
 def reminder(step: int, due_in_minutes: float) -> dict[str, Any]:
@@ -87,7 +67,7 @@ def arranged(
     make_request(make_lead(full_name="New"))
     stale = make_request(make_lead(full_name="Stale"))
     claim(db, stale, lease=1)
-    expire_lease(sql, "plan_requests", stale["id"])
+    expire_lease(sql, stale["id"])
     claim(db, make_request(make_lead(full_name="Busy")), lease=300)
     fail(db, make_request(make_lead(full_name="Retrying")), "OpenAI timed out", retryable=True)
     for name in ("Refused A", "Refused B"):
@@ -136,7 +116,7 @@ def arranged(
     )
     planned(3003, -15)
     stuck = claim_one(lease=1)
-    expire_lease(sql, "reminders", stuck["id"])
+    expire_lease(sql, stuck["id"], "reminders")
     planned(3004, -10)
     planned(3005, 60 * 24)
 

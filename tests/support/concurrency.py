@@ -1,10 +1,17 @@
-"""Calls started at the same moment, for the tests of races."""
+"""Calls started at the same moment, for the tests of races: the one way the tests run callables together.
+
+with connections(url, 4) as conns:                       # opened before the race, not during it
+    answers = run_together([partial(claim, conn) for conn in conns])
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any, TypeVar
+
+import psycopg
 
 T = TypeVar("T")
 
@@ -34,3 +41,10 @@ def run_together(calls: Sequence[Callable[[], T]]) -> list[T]:
     if errors:
         raise AssertionError(f"{len(errors)} of {len(calls)} calls failed: {errors!r}") from errors[0]
     return results
+
+
+@contextmanager
+def connections(url: str, count: int, **options: Any) -> Iterator[list[psycopg.Connection[Any]]]:
+    """`count` connections to `url` (psycopg.connect `options`), each for one racer, closed afterwards."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(psycopg.connect(url, **options)) for _ in range(count)]

@@ -6,15 +6,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 from planbus.devstack.console import Console
+from support.local_http import JSONHandler, LocalServer
 
 T = TypeVar("T")
 
@@ -60,33 +59,20 @@ class RecordingEndpoint:
         self.received: list[Received] = []
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 endpoint.received.append(Received(self.path, dict(self.headers.items()), body))
                 status = endpoint.statuses.pop(0) if len(endpoint.statuses) > 1 else endpoint.statuses[0]
-                payload = json.dumps(endpoint.answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_json(status, endpoint.answer)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._server = LocalServer(Handler)
+        self.url = self._server.url
 
     @contextmanager
     def running(self) -> Iterator[RecordingEndpoint]:
-        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with self._server.running():
             yield self
-        finally:
-            self._server.shutdown()
-            self._server.server_close()
 
 
 def memory_console() -> tuple[Console, io.StringIO]:

@@ -19,8 +19,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from support.local_http import JSONHandler, LocalServer
 
 
 @dataclass
@@ -64,22 +65,18 @@ class FakeTelegram:
         self._lock = threading.Lock()
         self._window: deque[float] = deque()
         self._last_for_chat: dict[int, float] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = LocalServer(self._handler())
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.url
 
     def start(self) -> FakeTelegram:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def decide(self, chat_id: int, text: str) -> tuple[int, dict[str, Any]]:
         """Deliver or refuse one message now; returns (HTTP status, Bot API answer)."""
@@ -100,10 +97,10 @@ class FakeTelegram:
             message_id = len(self.tally.delivered)
         return 200, {"ok": True, "result": {"message_id": message_id, "chat": {"id": chat_id}, "text": text}}
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[JSONHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 time.sleep(fake.latency / 2)
@@ -114,15 +111,7 @@ class FakeTelegram:
                 else:
                     status, answer = fake.decide(body["chat_id"], body["text"])
                 time.sleep(fake.latency / 2)
-                payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
+                self.send_json(status, answer)
 
         return Handler
 

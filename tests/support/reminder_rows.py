@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from planbus.db.postgres import PostgresDatabase
 from planbus.telegram import TelegramSender
+from support.request_rows import expire_lease
 
 TOKEN = "123456:SECRET-bot-token"
 BASE = "https://telegram.test"
@@ -79,9 +80,7 @@ def claim(db: PostgresDatabase, limit: int = 10, lease: int = 60) -> list[Row]:
 
 def expire(sql: Sql, reminder_id: Any) -> None:
     """Let the lease on an in-flight reminder run out, as if its sender had died."""
-    sql.execute(
-        "UPDATE reminders SET lease_expires_at = now() - interval '1 second' WHERE id = %s", [reminder_id]
-    )
+    expire_lease(sql, reminder_id, "reminders")
 
 
 def sent_messages(route: respx.Route) -> list[tuple[int, str]]:

@@ -11,9 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from fake_openai import KINDS, FakeOpenAI
 from harness import Check, Column, Size, Table, format_cell, percentile, ratio, render_table
 from run import BENCHMARKS, selected
+
+from support.fake_llm import KINDS, FakeLLM
 
 
 def test_percentile_interpolates_between_neighbours() -> None:
@@ -62,14 +63,14 @@ def test_only_names_the_benchmarks_to_run_and_refuses_unknown_ones() -> None:
         selected(["scale", "nosuch"])
 
 
-def test_fake_openai_refuses_an_unknown_fault() -> None:
+def test_the_fake_llm_refuses_an_unknown_fault() -> None:
     with pytest.raises(ValueError, match="unknown fault kind\\(s\\): teapot"):
-        FakeOpenAI({"teapot": 1.0})
+        FakeLLM({"teapot": 1.0})
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "hang"])
-def test_fake_openai_answers_each_fault_as_documented(kind: str) -> None:
-    fake = FakeOpenAI({kind: 1.0}, retry_after=2.0).start()
+def test_the_fake_llm_answers_each_fault_as_documented(kind: str) -> None:
+    fake = FakeLLM({kind: 1.0}, retry_after=2.0).start()
     try:
         response = httpx.post(f"{fake.base_url}/chat/completions", json={"messages": [{"content": "Lead 7"}]})
     finally:

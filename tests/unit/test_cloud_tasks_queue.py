@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from planbus.dispatch.cloud_tasks import CloudTasksQueue
 from planbus.errors import PlanbusError
 from planbus.settings import Settings
 from support.cloud_tasks import QUEUE, FakeCloudTasks
+from support.concurrency import run_together
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "webhook-secret-for-the-task-headers-0123456789"
@@ -112,8 +112,7 @@ def test_the_same_attempt_enqueued_again_is_a_duplicate_not_an_error(
 
 
 def test_three_concurrent_deliveries_make_one_task(fake: FakeCloudTasks, queue: TaskQueue) -> None:
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(lambda _: queue.enqueue(plan_task()), range(3)))
+    results = run_together([lambda: queue.enqueue(plan_task())] * 3)
     assert sorted(r.created for r in results) == [False, False, True]
     assert fake.task_ids() == [f"plan-{REQUEST_ID}-1"]
 

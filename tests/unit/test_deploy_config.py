@@ -185,12 +185,21 @@ def test_a_worker_s_timeout_must_cover_its_dispatch_deadline(tmp_path: Path) -> 
     ) in text
 
 
-def test_a_dispatch_deadline_must_stay_below_the_lease() -> None:
+def test_a_dispatch_deadline_must_stay_below_the_lease_and_is_reported_once() -> None:
     text = problems_of({**VALID, "LEASE_SECONDS": "115", "OPENAI_TIMEOUT": "85"})
     assert (
         "LEASE_SECONDS (115) must be larger than the plan dispatch deadline "
         "(115 s: its LLM timeout plus 30 s)" in text
     )
+    assert text.count("plan dispatch deadline") == 1
+
+
+def test_a_dispatch_deadline_beyond_what_cloud_tasks_allows_is_reported_once() -> None:
+    text = problems_of({**VALID, "LEASE_SECONDS": "4000", "OPENAI_TIMEOUT": "1790"})
+    assert (
+        "the plan dispatch deadline (1820 s: its LLM timeout plus 30 s) is above Cloud Tasks' 1800 s" in text
+    )
+    assert text.count("plan dispatch deadline") == 1
 
 
 def test_each_worker_must_take_every_dispatch_the_queue_lets_through(tmp_path: Path) -> None:

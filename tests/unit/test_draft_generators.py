@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx2
 import pytest
 from pydantic import SecretStr
 
-from planbus.clock import FixedClock
 from planbus.drafting import Draft
 from planbus.errors import ConfigurationError, GenerationError
 from planbus.llm.drafts import (
@@ -29,7 +27,7 @@ from support.openai_fakes import FakeOpenAI, api_error, completion, timeout
 
 HOSTS = frozenset({"ref.supabase.co"})
 PROOF = "https://ref.supabase.co/storage/v1/object/sign/proofs/chat.png?token=eyJhbGciOi"
-NOW = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
+TODAY = date(2026, 11, 28)
 BAD_PROOF_URLS = [
     "http://ref.supabase.co/storage/v1/object/public/proofs/chat.png",
     "https://ref.supabase.co/" + "a" * 2048,
@@ -48,7 +46,6 @@ def generator(fake: FakeOpenAI, **options: Any) -> OpenAIDraftGenerator:
         base_url="https://llm.example.test/v1",
         timeout=options.pop("timeout", 90.0),
         proof_url_hosts=HOSTS,
-        clock=options.pop("clock", FixedClock(NOW)),
         http_client=fake.client(),
         **options,
     )
@@ -56,13 +53,15 @@ def generator(fake: FakeOpenAI, **options: Any) -> OpenAIDraftGenerator:
 
 def failure(fake: FakeOpenAI, **options: Any) -> GenerationError:
     with pytest.raises(GenerationError) as caught:
-        generator(fake, **options).generate(draft_input())
+        generator(fake, **options).generate(draft_input(), today=TODAY)
     return caught.value
 
 
 def test_the_request_carries_the_step_the_lead_and_the_screenshot_as_an_image_part() -> None:
     fake = FakeOpenAI(completion(VALID_DRAFT))
-    generator(fake).generate(draft_input(proof_url=PROOF, instructions="Mention the webinar on Thursday."))
+    generator(fake).generate(
+        draft_input(proof_url=PROOF, instructions="Mention the webinar on Thursday."), today=TODAY
+    )
 
     (request,) = fake.requests
     assert str(request.url) == "https://llm.example.test/v1/chat/completions"
@@ -95,7 +94,7 @@ def test_the_request_carries_the_step_the_lead_and_the_screenshot_as_an_image_pa
 
 def test_the_request_asks_for_the_draft_schema_as_strict_structured_output() -> None:
     fake = FakeOpenAI(completion(VALID_DRAFT))
-    generator(fake).generate(draft_input())
+    generator(fake).generate(draft_input(), today=TODAY)
 
     response_format = fake.bodies()[0]["response_format"]
     assert response_format["type"] == "json_schema"
@@ -112,7 +111,7 @@ def test_the_request_asks_for_the_draft_schema_as_strict_structured_output() -> 
 
 def test_without_a_proof_url_no_image_part_is_sent() -> None:
     fake = FakeOpenAI(completion(VALID_DRAFT))
-    generator(fake).generate(draft_input(instructions=None))
+    generator(fake).generate(draft_input(instructions=None), today=TODAY)
 
     (_, user) = fake.bodies()[0]["messages"]
     (text,) = user["content"]
@@ -121,17 +120,9 @@ def test_without_a_proof_url_no_image_part_is_sent() -> None:
     assert "No screenshot of the conversation is attached." in text["text"]
 
 
-def test_today_is_the_salespersons_day_in_the_reminder_time_zone() -> None:
-    fake = FakeOpenAI(completion(VALID_DRAFT))
-    late = FixedClock(datetime(2026, 11, 28, 23, 30, tzinfo=UTC))
-    generator(fake, clock=late, zone=ZoneInfo("Pacific/Auckland")).generate(draft_input())
-
-    assert "Today is 2026-11-29." in fake.bodies()[0]["messages"][1]["content"][0]["text"]
-
-
 def test_a_valid_answer_becomes_a_draft_with_its_provenance() -> None:
     made = generator(FakeOpenAI(completion(VALID_DRAFT, model="gpt-5-mini-2026-08-07")))
-    generation = made.generate(draft_input(proof_url=PROOF))
+    generation = made.generate(draft_input(proof_url=PROOF), today=TODAY)
 
     assert generation.draft == Draft.model_validate(VALID_DRAFT)
     assert type(generation.draft) is Draft
@@ -238,7 +229,7 @@ def test_api_errors_are_classified_as_for_plans_with_one_call_per_attempt(
 def test_a_bad_proof_url_fails_for_good_before_any_call(url: str) -> None:
     fake = FakeOpenAI(completion(VALID_DRAFT))
     with pytest.raises(GenerationError, match=re.escape("proof_url ")) as caught:
-        generator(fake).generate(draft_input(proof_url=url))
+        generator(fake).generate(draft_input(proof_url=url), today=TODAY)
 
     assert not caught.value.retryable
     assert fake.requests == []
@@ -247,14 +238,14 @@ def test_a_bad_proof_url_fails_for_good_before_any_call(url: str) -> None:
 @pytest.mark.parametrize("url", BAD_PROOF_URLS)
 def test_the_offline_generator_refuses_a_bad_proof_url_too(url: str) -> None:
     with pytest.raises(GenerationError, match=re.escape("proof_url ")) as caught:
-        OfflineDraftGenerator(proof_url_hosts=HOSTS).generate(draft_input(proof_url=url))
+        OfflineDraftGenerator(proof_url_hosts=HOSTS).generate(draft_input(proof_url=url), today=TODAY)
     assert not caught.value.retryable
 
 
 def test_the_offline_draft_is_the_steps_own_draft_every_time() -> None:
     offline = OfflineDraftGenerator(proof_url_hosts=HOSTS)
-    first = offline.generate(draft_input())
-    again = OfflineDraftGenerator(proof_url_hosts=HOSTS).generate(draft_input())
+    first = offline.generate(draft_input(), today=TODAY)
+    again = OfflineDraftGenerator(proof_url_hosts=HOSTS).generate(draft_input(), today=TODAY)
 
     assert first == again
     assert first.draft == Draft(
@@ -287,7 +278,7 @@ def test_the_offline_draft_is_the_steps_own_draft_every_time() -> None:
     ],
 )
 def test_the_offline_draft_says_what_it_did_not_use(changes: dict[str, Any], rationale: str) -> None:
-    generation = OfflineDraftGenerator(proof_url_hosts=HOSTS).generate(draft_input(**changes))
+    generation = OfflineDraftGenerator(proof_url_hosts=HOSTS).generate(draft_input(**changes), today=TODAY)
 
     assert generation.draft.rationale == rationale
     assert generation.draft.text == STEP.message_draft
@@ -320,7 +311,9 @@ def test_the_settings_direct_the_request_and_allow_the_supabase_storage_host() -
         openai_base_url="http://localhost:11434/v1",
         supabase_url="https://ref.supabase.co",
     )
-    make_draft_generator(settings, http_client=fake.client()).generate(draft_input(proof_url=PROOF))
+    make_draft_generator(settings, http_client=fake.client()).generate(
+        draft_input(proof_url=PROOF), today=TODAY
+    )
 
     assert str(fake.requests[0].url) == "http://localhost:11434/v1/chat/completions"
     assert fake.bodies()[0]["model"] == "gpt-5-mini"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from urllib.parse import quote
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from planbus import logs
 from planbus.http import database_password, register_secrets
 from planbus.settings import Settings
+from support.concurrency import run_together
 
 
 @pytest.fixture(autouse=True)
@@ -99,23 +99,16 @@ def test_short_values_are_not_treated_as_secrets(capsys: pytest.CaptureFixture[s
 
 def test_registering_while_other_threads_log_is_safe(capsys: pytest.CaptureFixture[str]) -> None:
     log = logs.get_logger("test")
-    errors: list[BaseException] = []
 
     def write() -> None:
-        try:
-            for i in range(300):
-                log.info("line %s", i)
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(300):
+            log.info("line %s", i)
 
-    writers = [threading.Thread(target=write) for _ in range(4)]
-    for writer in writers:
-        writer.start()
-    for i in range(300):
-        logs.register_secret(f"concurrently-registered-secret-{i}")
-    for writer in writers:
-        writer.join()
-    assert errors == []
+    def register() -> None:
+        for i in range(300):
+            logs.register_secret(f"concurrently-registered-secret-{i}")
+
+    run_together([write, write, write, write, register])
     assert len(lines(capsys.readouterr().out)) == 1200
 
 

@@ -1,1 +1,1 @@
-"""Subcommands of the `planbus` command line."""
+"""Subcommands of the `planbus` command line (stack_options: what `demo` and `dev` share)."""

@@ -6,6 +6,7 @@ import argparse
 import signal
 from typing import Any
 
+from planbus.commands.stack_options import add_stack_options
 from planbus.devstack.console import Console
 from planbus.devstack.demo import run_demo
 from planbus.devstack.stack import StackOptions
@@ -14,28 +15,7 @@ from planbus.settings import get_settings
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("demo", help="run the whole flow once on a local stack and exit")
-    parser.add_argument(
-        "--reminders-every",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="how often the scheduler calls send_due_reminders (default 1)",
-    )
-    parser.add_argument(
-        "--sweep-every",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="how often the scheduler calls reset_stale_requests (default 5)",
-    )
-    parser.add_argument(
-        "--dispatch",
-        choices=("cloud-tasks", "inline"),
-        default="cloud-tasks",
-        help="cloud-tasks (default): webhooks enqueue on a local Cloud Tasks emulator, which calls the "
-        "workers; inline: each webhook makes its LLM call itself",
-    )
-    parser.add_argument("--quiet", action="store_true", help="show warnings and errors of the processes only")
+    add_stack_options(parser, reminders_every=1.0, sweep_every=5.0)
     parser.set_defaults(run=run)
 
 

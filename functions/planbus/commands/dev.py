@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from planbus.commands.stack_options import add_stack_options
 from planbus.devstack.console import Console
 from planbus.devstack.stack import Stack, StackOptions, project_root
 from planbus.settings import get_settings
@@ -24,33 +25,12 @@ def register(sub: Any) -> None:
         help="embedded PostgreSQL folder, kept between runs (default: .planbus/pg; unused with DATABASE_URL)",
     )
     parser.add_argument(
-        "--reminders-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how often the scheduler calls send_due_reminders (default 10)",
-    )
-    parser.add_argument(
-        "--sweep-every",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="how often the scheduler calls reset_stale_requests (default 30)",
-    )
-    parser.add_argument(
         "--state-file",
         type=Path,
         default=None,
         help="write the database URL, function URLs and process ids here as JSON (no secrets)",
     )
-    parser.add_argument(
-        "--dispatch",
-        choices=("cloud-tasks", "inline"),
-        default="cloud-tasks",
-        help="cloud-tasks (default): webhooks enqueue on a local Cloud Tasks emulator, which calls the "
-        "workers; inline: each webhook makes its LLM call itself",
-    )
-    parser.add_argument("--quiet", action="store_true", help="show warnings and errors of the processes only")
+    add_stack_options(parser, reminders_every=10.0, sweep_every=30.0)
     parser.set_defaults(run=run)
 
 

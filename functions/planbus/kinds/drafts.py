@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
@@ -19,7 +20,7 @@ from planbus.drafting import DraftInput, DraftResult, validate_proof_url
 from planbus.errors import GenerationError
 from planbus.kinds.base import Finished, Provenance, RequestKind
 from planbus.models import LeadFacts, Plan, describe_errors
-from planbus.planning import reminder_text
+from planbus.planning import reminder_text, reminder_zone
 
 if TYPE_CHECKING:
     from planbus.llm.drafts import DraftGeneration, DraftGenerator
@@ -34,6 +35,7 @@ class DraftJob:
     input: DraftInput
     plan_request_id: str | None
     steps: int
+    zone: ZoneInfo  # the salesperson's (REMINDER_TIMEZONE): the prompt's day is theirs
 
 
 class DraftKind(RequestKind[DraftJob, "DraftGenerator", "DraftGeneration"]):
@@ -46,6 +48,9 @@ class DraftKind(RequestKind[DraftJob, "DraftGenerator", "DraftGeneration"]):
     process_target = "process_draft_request"
     worker_url_setting = "draft_worker_url"
     timeout_setting = "draft_openai_timeout"
+
+    def check(self, settings: Settings) -> None:
+        reminder_zone(settings.reminder_timezone)
 
     def timeout(self, settings: Settings) -> float:
         return settings.draft_openai_timeout
@@ -80,12 +85,17 @@ class DraftKind(RequestKind[DraftJob, "DraftGenerator", "DraftGeneration"]):
                 f"the draft request cannot be read: {describe_errors(exc)}", retryable=False
             ) from exc
         plan_request_id = claim.lead.get("plan_request_id")
-        return DraftJob(draft_input, str(plan_request_id) if plan_request_id else None, len(plan.steps))
+        return DraftJob(
+            draft_input,
+            str(plan_request_id) if plan_request_id else None,
+            len(plan.steps),
+            reminder_zone(settings.reminder_timezone),
+        )
 
     def generate(
         self, generator: DraftGenerator, job: DraftJob, *, now: datetime, settings: Settings
     ) -> DraftGeneration:
-        return generator.generate(job.input)
+        return generator.generate(job.input, today=now.astimezone(job.zone).date())
 
     def finish(
         self,

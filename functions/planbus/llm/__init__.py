@@ -9,9 +9,10 @@ stored result always records its provenance.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from planbus.errors import ConfigurationError
 from planbus.models import GeneratorName, LeadFacts, Plan, TokenUsage
@@ -51,12 +52,10 @@ def make_generator(settings: Settings, *, http_client: Any | None = None) -> Pla
         from planbus.llm.offline import OfflineGenerator
 
         return OfflineGenerator()
-    if settings.openai_api_key is None or not settings.openai_api_key.get_secret_value():
-        raise ConfigurationError("PLAN_GENERATOR=openai needs OPENAI_API_KEY")
     from planbus.llm.openai_generator import OpenAIGenerator
 
     return OpenAIGenerator(
-        api_key=settings.openai_api_key.get_secret_value(),
+        api_key=openai_api_key(settings),
         model=settings.openai_model,
         base_url=settings.openai_base_url,
         timeout=settings.openai_timeout,
@@ -64,14 +63,32 @@ def make_generator(settings: Settings, *, http_client: Any | None = None) -> Pla
     )
 
 
-_lock = threading.Lock()
-_cached: tuple[Settings, PlanGenerator] | None = None
+def openai_api_key(settings: Settings) -> str:
+    """OPENAI_API_KEY, which the openai generators need: ConfigurationError when it is not set."""
+    if settings.openai_api_key is None or not settings.openai_api_key.get_secret_value():
+        raise ConfigurationError("PLAN_GENERATOR=openai needs OPENAI_API_KEY")
+    return settings.openai_api_key.get_secret_value()
 
 
-def generator_for(settings: Settings) -> PlanGenerator:
-    """The process's generator for these settings: a warm instance keeps its HTTP connections."""
-    global _cached
-    with _lock:
-        if _cached is None or _cached[0] is not settings:
-            _cached = (settings, make_generator(settings))
-        return _cached[1]
+G = TypeVar("G")
+
+
+class PerSettings(Generic[G]):
+    """The process's one instance for the current settings, made again only when the settings change: a
+    warm generator keeps its HTTP connections between requests."""
+
+    def __init__(self, make: Callable[[Settings], G]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._cached: tuple[Settings, G] | None = None
+
+    def __call__(self, settings: Settings) -> G:
+        """The instance for `settings`."""
+        with self._lock:
+            if self._cached is None or self._cached[0] is not settings:
+                self._cached = (settings, self._make(settings))
+            return self._cached[1]
+
+
+# The process's plan generator for these settings.
+generator_for: PerSettings[PlanGenerator] = PerSettings(make_generator)
