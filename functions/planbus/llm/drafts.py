@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from planbus.drafting import Draft, DraftInput, build_draft_messages, check_proof_url
 from planbus.llm import PerSettings, openai_api_key
-from planbus.llm.structured import StrictSchema, StructuredOutputGenerator
+from planbus.llm.structured import ApiOptions, StrictSchema, StructuredOutputGenerator
 from planbus.models import GeneratorName, TokenUsage
 from planbus.settings import Settings
 
@@ -116,7 +116,7 @@ class OpenAIDraftGenerator(StructuredOutputGenerator):
     # One call per attempt: the request's next attempt is the retry.
     tries_per_attempt = 1
 
-    def __init__(self, *, proof_url_hosts: Collection[str], **api: Any) -> None:
+    def __init__(self, *, proof_url_hosts: Collection[str], **api: Unpack[ApiOptions]) -> None:
         super().__init__(**api)
         self._proof_url_hosts = frozenset(proof_url_hosts)
 

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Required, TypedDict, TypeVar
 
 import pydantic
 
@@ -71,6 +71,19 @@ class Answer(Generic[T]):
     model: str
     usage: TokenUsage | None
     response_id: str | None
+
+
+class ApiOptions(TypedDict, total=False):
+    """StructuredOutputGenerator's arguments, for a subclass that adds its own and passes these on."""
+
+    api_key: Required[str]
+    model: Required[str]
+    base_url: Required[str | None]
+    timeout: Required[float]
+    max_tries: int | None
+    backoff: float
+    http_client: Any | None
+    sleep: Callable[[float], None]
 
 
 class StructuredOutputGenerator:
