@@ -7,7 +7,7 @@ Cloud Logging would show unstructured, with a guessed severity.
 
 Secrets never reach a log line. Every value registered with `register_secret` (the settings that hold
 secrets, see http.register_secrets) is masked, as written and in its URL-encoded and JSON-escaped forms:
-- in planbus's JSON lines, field by field and then the whole line;
+- in planbus's JSON lines, over the whole line as written (a secret in a field is there JSON-escaped);
 - in every other library's records too (httpx logs request URLs, and the bot token is part of them), since
   `configure()` installs a log record factory that masks a record's message and traceback when it is made,
   whichever handler later writes it.
@@ -62,16 +62,6 @@ def redact(text: str) -> str:
     return text
 
 
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {redact(str(k)): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    return value
-
-
 @contextlib.contextmanager
 def bind(**fields: Any) -> Iterator[None]:
     """Add fields to every log line written inside the block."""
@@ -113,8 +103,10 @@ class JsonFormatter(logging.Formatter):
             entry.update(extra)
         if record.exc_info:
             entry["exception"] = record.exc_text or self.formatException(record.exc_info)
-        line = json.dumps(_scrub(entry), default=lambda obj: redact(str(obj)))
-        return redact(line)
+        # One pass over the whole line masks every field: JSON escapes a string character by character,
+        # so a secret inside any key or value appears in the line in the JSON-escaped form that
+        # register_secret also masks.
+        return redact(json.dumps(entry, default=str))
 
 
 class _StdoutHandler(logging.StreamHandler[TextIO]):
@@ -166,7 +158,10 @@ def configure(level: str = "INFO") -> None:
     Python warnings are logged too (`py.warnings`), instead of being printed as text.
     """
     global _default_factory
-    logging.getLogger(LOGGER_NAME).setLevel(level.upper())
+    planbus = logging.getLogger(LOGGER_NAME)
+    if planbus.level != logging.getLevelName(level.upper()):
+        # setLevel empties every logger's cache of enabled levels: only on a change, not per request.
+        planbus.setLevel(level.upper())
     root = logging.getLogger()
     for handler in _console_handlers():
         if not isinstance(handler.formatter, JsonFormatter):

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-
 from planbus.db.postgres import PostgresDatabase
+from support.query_plans import nested_plans
 from support.reminder_rows import Sql, add_plan, claim
 
 
@@ -32,33 +29,6 @@ def sent_history(sql: Sql, count: int) -> None:
         """,
         {"count": count},
     )
-
-
-def nested_plans(conn: psycopg.Connection[Any], statement: str) -> list[str]:
-    """The plans of `statement` and of every statement it runs (auto_explain), in a rolled-back
-    transaction."""
-    plans: list[str] = []
-
-    def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
-        if diagnostic.severity_nonlocalized == "LOG" and diagnostic.message_primary:
-            plans.append(diagnostic.message_primary)
-
-    conn.add_notice_handler(collect)
-    try:
-        with conn.transaction(force_rollback=True):
-            conn.execute("LOAD 'auto_explain'")
-            for setting in (
-                "auto_explain.log_min_duration = 0",
-                "auto_explain.log_analyze = on",
-                "auto_explain.log_nested_statements = on",
-                "client_min_messages = log",
-            ):
-                conn.execute(f"SET LOCAL {setting}")
-            conn.execute(statement)
-            conn.execute("SET LOCAL client_min_messages = notice")
-    finally:
-        conn.remove_notice_handler(collect)
-    return plans
 
 
 def test_a_claim_reads_only_the_due_part_of_a_long_schedule(db: PostgresDatabase, sql: Sql) -> None:

@@ -65,6 +65,21 @@ def test_secrets_are_masked_when_json_escaped_or_url_encoded(
     assert len(entries) == 3 and all("***" in str(entry["message"]) for entry in entries)
 
 
+@pytest.mark.parametrize(
+    "secret", ['quo"te\\back-slash-secret', "ünïcødé-sécret-value", "tab\tnew\nline-secret"]
+)
+def test_a_secret_that_json_escapes_is_masked_in_fields_keys_and_nested_values(
+    capsys: pytest.CaptureFixture[str], secret: str
+) -> None:
+    logs.register_secret(secret)
+    fields = {"header": f"Bearer {secret}", secret: 1, "nested": {"list": [f"at {secret}"]}}
+    logs.get_logger("test").info("call", extra={"fields": fields})
+    (entry,) = lines(capsys.readouterr().out)
+    assert entry["header"] == "Bearer ***"
+    assert entry["***"] == 1
+    assert entry["nested"] == {"list": ["at ***"]}
+
+
 def test_a_secret_containing_another_is_masked_whole(capsys: pytest.CaptureFixture[str]) -> None:
     logs.register_secret("qzx1")
     logs.register_secret("qzx1-and-the-rest-of-it")
