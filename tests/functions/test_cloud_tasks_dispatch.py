@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -20,7 +21,7 @@ from flask.testing import FlaskClient
 from planbus import llm
 from planbus.clock import FixedClock
 from planbus.db.postgres import PostgresDatabase
-from planbus.dispatch import SWEEP_ROUND_SECONDS, cloud_tasks_queue, sweep_round
+from planbus.dispatch import SWEEP_ROUND_SECONDS, cloud_tasks, cloud_tasks_queue, sweep_round
 from planbus.kinds import KINDS, AnyKind
 from planbus.kinds.plans import PLAN
 from planbus.llm import drafts
@@ -166,6 +167,46 @@ def test_three_concurrent_deliveries_make_one_task_and_one_generation(
             "SELECT count(*) AS n FROM reminders WHERE plan_request_id = %s", (pending["id"],)
         )
         assert reminders.fetchone() == {"n": len(VALID_PLAN["steps"])}
+
+
+def test_a_webhook_costs_one_database_read_and_shares_the_processs_queue_client(
+    app_env: None,
+    db: PostgresDatabase,
+    sql: Sql,
+    kind: AnyKind,
+    make_lead: Callable[..., Row],
+    tasks: FakeCloudTasks,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The webhook must answer in milliseconds: per delivery, one read of the row's state and one CreateTask
+    # on the client (and channel) the instance made for its first delivery, whatever the thread.
+    rows = [ready_request(sql, db, kind, make_lead(company=f"Company {n}")) for n in range(4)]
+    database_calls: list[str] = []
+    clients: list[str | None] = []
+    real_call, real_client = PostgresDatabase.call, cloud_tasks._client
+
+    def counted_call(self: PostgresDatabase, function: str, /, **params: Any) -> Any:
+        database_calls.append(function)
+        return real_call(self, function, **params)
+
+    def counted_client(emulator_host: str | None) -> Any:
+        clients.append(emulator_host)
+        return real_client(emulator_host)
+
+    monkeypatch.setattr(PostgresDatabase, "call", counted_call)
+    monkeypatch.setattr(cloud_tasks, "_client", counted_client)
+
+    def deliver(row: Row) -> Any:
+        return webhook(kind).post("/", json=insert_event(row, kind), headers=HEADERS).get_json()
+
+    first = deliver(rows[0])
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = [first, *pool.map(deliver, rows[1:])]
+
+    assert [a["outcome"] for a in answers] == ["queued"] * 4
+    assert database_calls == ["planbus_dispatch_check"] * 4
+    assert clients == [tasks.host]
+    assert len(tasks.calls) == 4
 
 
 @pytest.mark.parametrize(

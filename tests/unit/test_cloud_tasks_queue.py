@@ -10,17 +10,28 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from pydantic import SecretStr
 
-from planbus.dispatch import EnqueueError, EnqueueResult, TaskQueue, TaskRequest, cloud_tasks_queue
+from planbus.dispatch import (
+    EnqueueError,
+    EnqueueResult,
+    TaskQueue,
+    TaskRequest,
+    cloud_tasks,
+    cloud_tasks_queue,
+)
 from planbus.dispatch.cloud_tasks import CloudTasksQueue
 from planbus.errors import PlanbusError
 from planbus.settings import Settings
 from support.cloud_tasks import QUEUE, FakeCloudTasks
 from support.concurrency import run_together
+
+if TYPE_CHECKING:
+    from google.cloud.tasks_v2 import CloudTasksClient
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "webhook-secret-for-the-task-headers-0123456789"
@@ -194,6 +205,32 @@ def test_one_channel_serves_every_call_until_closed(fake: FakeCloudTasks) -> Non
     assert queue._client is None
     assert queue.enqueue(plan_task(3)).created  # a closed queue reconnects
     queue.close()
+
+
+def test_concurrent_first_calls_share_one_client(
+    fake: FakeCloudTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A webhook instance serves several requests at once: the first ones may all find no client yet. The
+    # client (and its channel) is made once for all of them, not once per request or per thread; the
+    # factory is slowed down so that calls racing for it would each make one.
+    made: list[str | None] = []
+
+    def slow_client(emulator_host: str | None) -> CloudTasksClient:
+        made.append(emulator_host)
+        time.sleep(0.2)
+        return real_client(emulator_host)
+
+    real_client = cloud_tasks._client
+    monkeypatch.setattr(cloud_tasks, "_client", slow_client)
+    queue = CloudTasksQueue(QUEUE, secret=SECRET, deadline=lambda _kind: 90.0, emulator_host=fake.host)
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda attempt: queue.enqueue(plan_task(attempt)), range(1, 9)))
+    finally:
+        queue.close()
+    assert all(result.created for result in results)
+    assert made == [fake.host]
+    assert len(fake.tasks) == 8
 
 
 @pytest.mark.parametrize(
