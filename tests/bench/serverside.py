@@ -26,6 +26,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from support.query_plans import nested_plans
+
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS bench;
 
@@ -144,29 +146,4 @@ def time_rolled_back(conn: psycopg.Connection[Any], statements: Sequence[str], r
 def explain_nested(conn: psycopg.Connection[Any], statements: Sequence[str]) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of `statements` and of every statement they run, in one rolled-back
     transaction; the plans as auto_explain prints them."""
-    plans: list[str] = []
-
-    def collect(diagnostic: psycopg.errors.Diagnostic) -> None:
-        if diagnostic.severity_nonlocalized == "LOG" and diagnostic.message_primary:
-            plans.append(diagnostic.message_primary)
-
-    conn.add_notice_handler(collect)
-    try:
-        with conn.transaction(force_rollback=True):
-            conn.execute("LOAD 'auto_explain'")
-            for setting in (
-                "auto_explain.log_min_duration = 0",
-                "auto_explain.log_analyze = on",
-                "auto_explain.log_buffers = on",
-                "auto_explain.log_timing = on",
-                "auto_explain.log_nested_statements = on",
-                "auto_explain.log_triggers = on",
-                "client_min_messages = log",
-            ):
-                conn.execute(f"SET LOCAL {setting}")
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute("SET LOCAL client_min_messages = notice")
-    finally:
-        conn.remove_notice_handler(collect)
-    return "\n\n".join(plans)
+    return "\n\n".join(nested_plans(conn, statements, detailed=True))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -200,8 +199,7 @@ def test_a_webhook_costs_one_database_read_and_shares_the_processs_queue_client(
         return webhook(kind).post("/", json=insert_event(row, kind), headers=HEADERS).get_json()
 
     first = deliver(rows[0])
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        answers = [first, *pool.map(deliver, rows[1:])]
+    answers = [first, *run_together([partial(deliver, row) for row in rows[1:]])]
 
     assert [a["outcome"] for a in answers] == ["queued"] * 4
     assert database_calls == ["planbus_dispatch_check"] * 4

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -224,8 +225,7 @@ def test_concurrent_first_calls_share_one_client(
     monkeypatch.setattr(cloud_tasks, "_client", slow_client)
     queue = CloudTasksQueue(QUEUE, secret=SECRET, deadline=lambda _kind: 90.0, emulator_host=fake.host)
     try:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(lambda attempt: queue.enqueue(plan_task(attempt)), range(1, 9)))
+        results = run_together([partial(queue.enqueue, plan_task(attempt)) for attempt in range(1, 9)])
     finally:
         queue.close()
     assert all(result.created for result in results)
