@@ -66,11 +66,9 @@ def _copy_name(install: Path, files: list[tuple[Path, Path]]) -> str:
 
 def _trusted_cache(cache: Path) -> None:
     """Create the cache folder, or refuse one that someone else could write binaries into."""
-    try:
+    with contextlib.suppress(FileExistsError):  # a folder already there is checked below instead
         cache.mkdir(parents=True)
         cache.chmod(0o755)  # whatever the umask: the server user must enter it
-    except FileExistsError:
-        pass
     st = cache.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         raise ConfigurationError(

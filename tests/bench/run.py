@@ -13,6 +13,7 @@ Exit status 1 when a benchmark crashed or an invariant (`must`) failed; a missed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import platform
@@ -57,13 +58,11 @@ def machine(server_url: str) -> dict[str, Any]:
     with psycopg.connect(server_url, autocommit=True) as conn:
         row = conn.execute("SELECT current_setting('server_version')").fetchone()
     cpu = ""
-    try:
+    with contextlib.suppress(OSError):  # no /proc: the CPU goes unnamed
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     try:
         memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
     except (OSError, ValueError, IndexError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -60,21 +61,21 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        console.line("planbus dev: starting the local stack")
-        stack.start()
-        up.set()
-        for text in stack.describe():
-            console.line(text)
-        if stack.secret_generated:
-            console.line(
-                f"  {'webhook secret':<21} {stack.secret}  (generated for this run; "
-                "send it as X-Webhook-Secret)"
-            )
-        console.line(f"  {'plan generator':<21} {settings.generator}")
-        console.line("ready. Press Ctrl-C to stop.")
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
+        # Ctrl-C or SIGTERM (request_stop) is how the stack is stopped, not an error.
+        with contextlib.suppress(KeyboardInterrupt):
+            console.line("planbus dev: starting the local stack")
+            stack.start()
+            up.set()
+            for text in stack.describe():
+                console.line(text)
+            if stack.secret_generated:
+                console.line(
+                    f"  {'webhook secret':<21} {stack.secret}  (generated for this run; "
+                    "send it as X-Webhook-Secret)"
+                )
+            console.line(f"  {'plan generator':<21} {settings.generator}")
+            console.line("ready. Press Ctrl-C to stop.")
+            stopped.wait()
     finally:
         stopped.set()
         console.line("planbus dev: stopping")
